@@ -1,0 +1,3 @@
+module github.com/polymux/polymux
+
+go 1.24

@@ -1,0 +1,36 @@
+package flow
+
+import "sync/atomic"
+
+// Budget bounds the bytes held across all streams of a session. It is safe
+// for concurrent use.
+type Budget struct {
+	max  int64
+	used atomic.Int64
+}
+
+// NewBudget returns a budget of max bytes.
+func NewBudget(max int64) *Budget { return &Budget{max: max} }
+
+// TryAcquire takes n bytes if the budget has room for them and reports
+// whether it did.
+func (b *Budget) TryAcquire(n int64) bool {
+	for {
+		used := b.used.Load()
+		if used+n > b.max {
+			return false
+		}
+		if b.used.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
+
+// Release returns n bytes taken by TryAcquire.
+func (b *Budget) Release(n int64) { b.used.Add(-n) }
+
+// Used is the number of bytes currently taken.
+func (b *Budget) Used() int64 { return b.used.Load() }
+
+// Max is the size of the budget.
+func (b *Budget) Max() int64 { return b.max }

@@ -1,0 +1,131 @@
+// Package flow is the flow-control arithmetic of a multiplexed session:
+// per-stream send credit, per-stream receive windows and the session-wide
+// receive budget. It is plain counters with no I/O, no goroutines and no
+// clock of its own, so every rule is testable alone.
+package flow
+
+import (
+	"errors"
+	"math"
+)
+
+// ErrOverflow reports a window update that would push send credit past
+// 2^32-1: a peer that sends it breaks the protocol.
+var ErrOverflow = errors.New("window update overflows 32 bits")
+
+// ErrOverrun reports data beyond the window the receiver granted.
+var ErrOverrun = errors.New("data exceeds the receive window")
+
+// ErrConsumed reports an absolute window update claiming more bytes
+// consumed than were ever sent.
+var ErrConsumed = errors.New("peer consumed more than was sent")
+
+// Send is the credit this side may still spend on one stream: bytes the
+// peer has agreed to receive that are not yet accepted for sending. Its
+// zero value has no credit. Not safe for concurrent use.
+type Send struct {
+	avail    uint32 // credit left
+	accepted uint32 // total bytes spent, mod 2^32 (absolute windows)
+}
+
+// NewSend returns credit for a stream whose peer starts with window bytes.
+func NewSend(window uint32) Send { return Send{avail: window} }
+
+// Avail is the credit left.
+func (s *Send) Avail() uint32 { return s.avail }
+
+// Spend takes n bytes of credit; n must not exceed Avail.
+func (s *Send) Spend(n uint32) {
+	s.avail -= n
+	s.accepted += n
+}
+
+// Grow adds a delta window update. An update that would overflow 32 bits
+// is refused and leaves the credit unchanged.
+func (s *Send) Grow(delta uint32) error {
+	if delta > math.MaxUint32-s.avail {
+		return ErrOverflow
+	}
+	s.avail += delta
+	return nil
+}
+
+// Update applies an absolute window update: the peer has consumed
+// `consumed` bytes in total (mod 2^32) and holds a window of `window`.
+func (s *Send) Update(consumed, window uint32) error {
+	inflight := s.accepted - consumed
+	if int32(inflight) < 0 {
+		return ErrConsumed
+	}
+	if inflight >= window {
+		s.avail = 0
+	} else {
+		s.avail = window - inflight
+	}
+	return nil
+}
+
+// Recv is one stream's receive window. It keeps the invariant
+// credit + buffered + pending == window: every byte of the window is either
+// still grantable to the peer, held unread, or read but not yet returned.
+// Not safe for concurrent use.
+type Recv struct {
+	window   uint32 // bytes this side promises to hold for the stream
+	credit   uint32 // bytes the peer may send before the next update
+	buffered uint32 // received and not yet read
+	pending  uint32 // read (or dropped) and not yet returned to the peer
+	consumed uint32 // total read or dropped, mod 2^32 (absolute windows)
+}
+
+// NewRecv returns a receive window of size window for a peer that assumes
+// it may send `assumed` bytes before any update (the protocol's initial
+// window). window must be at least assumed; the difference is owed to the
+// peer as an initial update (see Update).
+func NewRecv(window, assumed uint32) Recv {
+	if window < assumed {
+		window = assumed
+	}
+	return Recv{window: window, credit: assumed, pending: window - assumed}
+}
+
+// Window is the window size.
+func (r *Recv) Window() uint32 { return r.window }
+
+// Buffered is the number of bytes received and not yet read.
+func (r *Recv) Buffered() uint32 { return r.buffered }
+
+// Consumed is the total number of bytes read or dropped, mod 2^32.
+func (r *Recv) Consumed() uint32 { return r.consumed }
+
+// Receive accounts n bytes arriving from the peer. More than the granted
+// credit is ErrOverrun and changes nothing.
+func (r *Recv) Receive(n uint32) error {
+	if n > r.credit {
+		return ErrOverrun
+	}
+	r.credit -= n
+	r.buffered += n
+	return nil
+}
+
+// Read accounts n buffered bytes handed to the application (or dropped);
+// n must not exceed Buffered.
+func (r *Recv) Read(n uint32) {
+	r.buffered -= n
+	r.pending += n
+	r.consumed += n
+}
+
+// Update returns the credit to grant the peer now, if any: the bytes read
+// since the last update, once they reach half the window (so updates are
+// batched), or as soon as there are any when force is set. The returned
+// delta counts as granted.
+func (r *Recv) Update(force bool) (delta uint32, ok bool) {
+	if r.pending == 0 || (!force && r.pending < r.window/2) {
+		return 0, false
+	}
+	delta = r.pending
+	r.credit += delta
+	r.pending = 0
+	return delta, true
+}
