@@ -116,12 +116,17 @@ func (r *Recv) Read(n uint32) {
 	r.consumed += n
 }
 
+// UpdateDue reports whether Update would grant credit now.
+func (r *Recv) UpdateDue(force bool) bool {
+	return r.pending > 0 && (force || r.pending >= r.window/2)
+}
+
 // Update returns the credit to grant the peer now, if any: the bytes read
 // since the last update, once they reach half the window (so updates are
 // batched), or as soon as there are any when force is set. The returned
 // delta counts as granted.
 func (r *Recv) Update(force bool) (delta uint32, ok bool) {
-	if r.pending == 0 || (!force && r.pending < r.window/2) {
+	if !r.UpdateDue(force) {
 		return 0, false
 	}
 	delta = r.pending

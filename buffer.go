@@ -1,0 +1,158 @@
+package polymux
+
+import "sync"
+
+// maxChunk is the largest buffer chunk: one full frame of the default size.
+const maxChunk = 64 << 10
+
+// chunkSizes are the pooled chunk classes. Small writes and small frames
+// take small chunks, so 10,000 idle or chatty streams cost little memory.
+var chunkSizes = [...]int{1 << 10, 4 << 10, 16 << 10, maxChunk}
+
+var chunkPools [len(chunkSizes)]sync.Pool
+
+// chunk is a pooled piece of a byteQueue. Bytes [r:w] are readable and
+// bytes [w:] are free for the producer.
+type chunk struct {
+	buf   []byte
+	r, w  int
+	next  *chunk
+	class int
+}
+
+// getChunk returns an empty chunk of the smallest class holding size bytes
+// (the largest class for bigger sizes).
+func getChunk(size int) *chunk {
+	class := len(chunkSizes) - 1
+	for i, n := range chunkSizes {
+		if size <= n {
+			class = i
+			break
+		}
+	}
+	if c, ok := chunkPools[class].Get().(*chunk); ok {
+		return c
+	}
+	return &chunk{buf: make([]byte, chunkSizes[class]), class: class}
+}
+
+func putChunk(c *chunk) {
+	c.r, c.w, c.next = 0, 0, nil
+	chunkPools[c.class].Put(c)
+}
+
+// byteQueue is a FIFO of bytes in pooled chunks, written by one side and
+// read by the other. It is not synchronised: the owner's mutex guards the
+// fields, while the producer may fill the free bytes of the tail chunk
+// (returned by space) without the lock, since the consumer touches only
+// readable bytes and never frees the tail chunk before it is full.
+type byteQueue struct {
+	head, tail *chunk
+	n          int // readable bytes
+}
+
+// len is the number of readable bytes.
+func (q *byteQueue) len() int { return q.n }
+
+// space returns up to n free bytes at the tail, adding a chunk sized for n
+// when the tail has too little room to be worth a read.
+func (q *byteQueue) space(n int) []byte {
+	if t := q.tail; t != nil {
+		if free := len(t.buf) - t.w; free >= n || free >= 512 {
+			return t.buf[t.w:min(len(t.buf), t.w+n)]
+		}
+	}
+	c := getChunk(n)
+	if q.tail == nil {
+		q.head = c
+	} else {
+		q.tail.next = c
+	}
+	q.tail = c
+	return c.buf[:min(len(c.buf), n)]
+}
+
+// commit makes k bytes written into the slice from space readable.
+func (q *byteQueue) commit(k int) {
+	q.tail.w += k
+	q.n += k
+}
+
+// write copies all of p into the queue.
+func (q *byteQueue) write(p []byte) {
+	for len(p) > 0 {
+		k := copy(q.space(len(p)), p)
+		q.commit(k)
+		p = p[k:]
+	}
+}
+
+// read copies readable bytes into p and drops them from the queue.
+func (q *byteQueue) read(p []byte) int {
+	n := 0
+	for n < len(p) && q.n > 0 {
+		c := q.head
+		k := copy(p[n:], c.buf[c.r:c.w])
+		c.r += k
+		n += k
+		q.n -= k
+		q.release()
+	}
+	return n
+}
+
+// discard drops the first k readable bytes.
+func (q *byteQueue) discard(k int) {
+	for k > 0 {
+		c := q.head
+		d := min(k, c.w-c.r)
+		c.r += d
+		q.n -= d
+		k -= d
+		q.release()
+	}
+}
+
+// release frees the head chunk once it is consumed and can take no more
+// bytes (a consumed tail with free room is kept for the producer).
+func (q *byteQueue) release() {
+	c := q.head
+	if c == nil || c.r < c.w || (c == q.tail && c.w < len(c.buf)) {
+		return
+	}
+	q.head = c.next
+	if q.head == nil {
+		q.tail = nil
+	}
+	putChunk(c)
+}
+
+// slices appends to bufs the readable bytes [off, off+k) as chunk slices.
+func (q *byteQueue) slices(off, k int, bufs [][]byte) [][]byte {
+	for c := q.head; c != nil && k > 0; c = c.next {
+		avail := c.w - c.r
+		if off >= avail {
+			off -= avail
+			continue
+		}
+		b := c.buf[c.r+off : c.w]
+		off = 0
+		if len(b) > k {
+			b = b[:k]
+		}
+		bufs = append(bufs, b)
+		k -= len(b)
+	}
+	return bufs
+}
+
+// reset frees every chunk. The caller must know no producer is filling
+// the tail.
+func (q *byteQueue) reset() {
+	for c := q.head; c != nil; {
+		next := c.next
+		putChunk(c)
+		c = next
+	}
+	*q = byteQueue{}
+}

@@ -1,0 +1,64 @@
+package polymux
+
+import (
+	"errors"
+	"net"
+	"os"
+)
+
+// Error is the type of every sentinel error of this package. Errors that
+// come from a deadline report Timeout() == true, so they satisfy net.Error.
+type Error struct {
+	msg     string
+	timeout bool
+	also    error // another sentinel this error matches with errors.Is
+}
+
+func (e *Error) Error() string { return e.msg }
+
+// Timeout reports whether the error comes from a deadline.
+func (e *Error) Timeout() bool { return e.timeout }
+
+// Temporary reports the same as Timeout; it exists for old net.Error users.
+func (e *Error) Temporary() bool { return e.timeout }
+
+// Is lets errors.Is match the standard errors an Error stands for, such as
+// net.ErrClosed for ErrSessionClosed and os.ErrDeadlineExceeded for
+// ErrTimeout.
+func (e *Error) Is(target error) bool {
+	return e.also != nil && (target == e.also || errors.Is(e.also, target))
+}
+
+var _ net.Error = (*Error)(nil)
+
+// The errors of this package. Every error returned by a Session or Stream
+// matches one of them with errors.Is, possibly wrapped with detail.
+var (
+	// ErrSessionClosed: the session has ended. Also matches net.ErrClosed.
+	ErrSessionClosed = &Error{msg: "polymux: session closed", also: net.ErrClosed}
+	// ErrStreamClosed: the stream was closed by this side. Also matches
+	// net.ErrClosed.
+	ErrStreamClosed = &Error{msg: "polymux: stream closed", also: net.ErrClosed}
+	// ErrStreamReset: the peer (or this side) reset the stream.
+	ErrStreamReset = &Error{msg: "polymux: stream reset"}
+	// ErrStreamRefused: the peer refused a stream this side opened
+	// (backlog full, stream limit reached, or going away).
+	ErrStreamRefused = &Error{msg: "polymux: stream refused by peer"}
+	// ErrGoAway: the peer sent GoAway, so no new streams may be opened.
+	ErrGoAway = &Error{msg: "polymux: peer is going away"}
+	// ErrTimeout: a deadline passed. Also matches os.ErrDeadlineExceeded,
+	// and its Timeout method reports true.
+	ErrTimeout = &Error{msg: "polymux: i/o timeout", timeout: true, also: os.ErrDeadlineExceeded}
+	// ErrKeepAliveTimeout: the peer stopped answering keepalive probes.
+	ErrKeepAliveTimeout = &Error{msg: "polymux: keepalive timeout: peer stopped answering", timeout: true}
+	// ErrProtocol: the peer broke the wire protocol; the session is closed.
+	ErrProtocol = &Error{msg: "polymux: protocol error"}
+	// ErrStreamsExhausted: no stream IDs are left on this session.
+	ErrStreamsExhausted = &Error{msg: "polymux: stream IDs exhausted"}
+	// ErrWriteClosed: Write after CloseWrite or Close.
+	ErrWriteClosed = &Error{msg: "polymux: write on a stream closed for writing"}
+	// ErrOpenTimeout: the peer never acknowledged a stream this side opened
+	// within Config.StreamOpenTimeout; the stream was reset. Also matches
+	// ErrStreamReset, and its Timeout method reports true.
+	ErrOpenTimeout = &Error{msg: "polymux: stream open timed out: peer never acknowledged it", timeout: true, also: ErrStreamReset}
+)

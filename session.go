@@ -1,0 +1,825 @@
+package polymux
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/polymux/polymux/internal/flow"
+	"github.com/polymux/polymux/internal/wire"
+)
+
+// readBufferSize is the read loop's buffer: large enough to batch many
+// small frames per system call, small enough that large payloads are read
+// straight into stream buffers.
+const readBufferSize = 16 << 10
+
+// Session is one multiplexed connection. It runs two goroutines (a read
+// loop and a writer) and none per stream. It implements net.Listener, so
+// http.Serve(sess, handler) serves the streams the peer opens. All methods
+// are safe for concurrent use.
+type Session struct {
+	conn     net.Conn
+	cfg      Config
+	proto    Protocol
+	codec    wire.Codec
+	caps     *wire.Caps
+	client   bool
+	log      *slog.Logger
+	budget   *flow.Budget
+	frameMax int // largest DATA payload sent
+	br       *bufio.Reader
+	w        writer
+	epoch    time.Time // origin of the monotonic clock in nanoseconds
+
+	mu            sync.Mutex // guards the fields below
+	streams       map[uint32]*Stream
+	nextID        uint32
+	exhausted     bool
+	backlogHead   *Stream // accept backlog, oldest first
+	backlogTail   *Stream
+	backlogLen    int
+	numIncoming   int    // live peer-opened streams
+	unacked       int    // streams this side opened that await the peer's ACK
+	lastPeerID    uint32 // highest stream id the peer opened
+	localGoAway   bool
+	remoteGoAway  bool
+	acceptCh      chan struct{} // signalled when the backlog gains a stream
+	unackedCh     chan struct{} // signalled when unacked drops
+	pingMu        sync.Mutex    // guards ping and pingSeq
+	ping          *pendingPing
+	pingSeq       uint32
+	closing       chan struct{} // closed when the session starts to end
+	closeOnce     sync.Once
+	err           atomic.Pointer[error] // why the session ended
+	done          chan struct{}         // closed when every goroutine has exited
+	writerDone    chan struct{}
+	lastRecv      atomic.Int64 // nanoseconds since epoch of the last frame received
+	rtt           atomic.Int64
+	nOpened       atomic.Uint64
+	nAccepted     atomic.Uint64
+	nRefused      atomic.Uint64
+	nBytesSent    atomic.Uint64
+	nBytesRecv    atomic.Uint64
+	nFramesSent   atomic.Uint64
+	nFramesRecv   atomic.Uint64
+	nPongsDropped atomic.Uint64
+}
+
+// pendingPing is the one ping in flight; concurrent Ping calls share it.
+type pendingPing struct {
+	id    uint32
+	start int64
+	rtt   time.Duration
+	done  chan struct{}
+}
+
+// Client starts the client side of a session on conn. With Protocol Auto
+// it speaks yamux. The session owns conn from now on.
+func Client(conn net.Conn, cfg *Config) (*Session, error) { return newSession(conn, cfg, true) }
+
+// Server starts the server side of a session on conn. With Protocol Auto
+// it speaks yamux. The session owns conn from now on.
+func Server(conn net.Conn, cfg *Config) (*Session, error) { return newSession(conn, cfg, false) }
+
+func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
+	if cfg == nil {
+		cfg = DefaultConfig()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := *cfg
+	c.fill()
+	proto := c.Protocol
+	if proto == Auto {
+		proto = Yamux
+	}
+	codec, err := codecFor(proto)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{
+		conn:       conn,
+		cfg:        c,
+		proto:      proto,
+		codec:      codec,
+		caps:       codec.Caps(),
+		client:     client,
+		log:        c.Logger,
+		budget:     flow.NewBudget(c.MaxSessionBuffer),
+		br:         bufio.NewReaderSize(conn, readBufferSize),
+		epoch:      time.Now(),
+		streams:    make(map[uint32]*Stream),
+		acceptCh:   make(chan struct{}, 1),
+		unackedCh:  make(chan struct{}, 1),
+		closing:    make(chan struct{}),
+		done:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.frameMax = min(c.MaxFrameSize, int(min(s.caps.MaxPayload, maxFrameSizeLimit)))
+	if client {
+		s.nextID = s.caps.FirstID[0]
+	} else {
+		s.nextID = s.caps.FirstID[1]
+	}
+	s.w.init(s)
+	go s.w.run()
+	go s.readLoop()
+	return s, nil
+}
+
+// codecFor returns the codec of a protocol.
+func codecFor(p Protocol) (wire.Codec, error) {
+	switch p {
+	case Yamux:
+		return wire.Yamux(), nil
+	}
+	return nil, fmt.Errorf("polymux: protocol %v is not supported yet", p)
+}
+
+// now is a monotonic clock in nanoseconds.
+func (s *Session) now() int64 { return int64(time.Since(s.epoch)) }
+
+// OpenStream opens a new stream. It returns as soon as the open is queued:
+// data may be written at once. With yamux it waits (bounded by ctx) while
+// AcceptBacklog streams of this side await the peer's acknowledgement.
+func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
+	for {
+		s.mu.Lock()
+		if err := s.openErr(); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		if !s.caps.AckOpens || s.unacked < s.cfg.AcceptBacklog {
+			break
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.unackedCh:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.closing:
+		}
+	}
+	id := s.nextID
+	if id >= s.caps.MaxStreamID-1 {
+		s.exhausted = true
+	} else {
+		s.nextID += 2
+	}
+	st := newStream(s, id, true)
+	s.streams[id] = st
+	if s.caps.AckOpens {
+		s.unacked++
+	}
+	more := !s.caps.AckOpens || s.unacked < s.cfg.AcceptBacklog
+	s.mu.Unlock()
+	if more {
+		notify(s.unackedCh) // let another waiting opener through
+	}
+	s.nOpened.Add(1)
+
+	st.mu.Lock()
+	st.needSYN = true
+	if s.caps.AckOpens && s.cfg.StreamOpenTimeout > 0 {
+		st.openTimer = time.AfterFunc(s.cfg.StreamOpenTimeout, st.openTimedOut)
+	}
+	s.w.queueCtrl(st)
+	st.mu.Unlock()
+	return st, nil
+}
+
+// openErr is why no stream can be opened now, if any. s.mu must be held.
+func (s *Session) openErr() error {
+	switch {
+	case s.IsClosed():
+		return s.closedErr()
+	case s.remoteGoAway:
+		return ErrGoAway
+	case s.exhausted:
+		return ErrStreamsExhausted
+	}
+	return nil
+}
+
+// Open opens a stream; it is OpenStream(context.Background()).
+func (s *Session) Open() (net.Conn, error) {
+	st, err := s.OpenStream(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// AcceptStream waits for a stream the peer opened. With yamux the stream
+// is acknowledged now, so a peer's OpenStream backlog drains as the
+// application accepts.
+func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
+	for {
+		s.mu.Lock()
+		if st := s.backlogHead; st != nil {
+			s.unlinkBacklog(st)
+			more := s.backlogHead != nil
+			s.mu.Unlock()
+			if more {
+				notify(s.acceptCh)
+			}
+			st.mu.Lock()
+			st.backlogged = false
+			if s.caps.AckOpens && st.err == nil {
+				st.needACK = true
+				s.w.queueCtrl(st)
+			}
+			st.mu.Unlock()
+			return st, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.acceptCh:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.closing:
+			return nil, s.closedErr()
+		}
+	}
+}
+
+// Accept waits for a stream the peer opened; it is
+// AcceptStream(context.Background()), so *Session is a net.Listener.
+func (s *Session) Accept() (net.Conn, error) {
+	st, err := s.AcceptStream(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// unlinkBacklog removes st from the accept backlog. s.mu must be held.
+func (s *Session) unlinkBacklog(st *Stream) {
+	if st.acceptPrev != nil {
+		st.acceptPrev.acceptNext = st.acceptNext
+	} else {
+		s.backlogHead = st.acceptNext
+	}
+	if st.acceptNext != nil {
+		st.acceptNext.acceptPrev = st.acceptPrev
+	} else {
+		s.backlogTail = st.acceptPrev
+	}
+	st.acceptPrev, st.acceptNext = nil, nil
+	s.backlogLen--
+}
+
+// forget removes a finished stream from the session's table.
+func (s *Session) forget(st *Stream) {
+	st.mu.Lock()
+	backlogged := st.backlogged
+	st.backlogged = false
+	wasUnacked := !st.acked
+	st.acked = true
+	st.mu.Unlock()
+	s.mu.Lock()
+	if s.streams[st.id] == st {
+		delete(s.streams, st.id)
+		if !st.local {
+			s.numIncoming--
+		}
+	}
+	if backlogged {
+		s.unlinkBacklog(st)
+	}
+	if wasUnacked {
+		s.unacked--
+	}
+	s.mu.Unlock()
+	if wasUnacked {
+		notify(s.unackedCh)
+	}
+}
+
+// GoAway tells the peer to open no more streams; streams already open
+// finish normally, and streams the peer opens later are refused. Note that
+// libp2p's go-yamux closes its whole session when it receives GoAway.
+func (s *Session) GoAway() error {
+	s.mu.Lock()
+	if s.IsClosed() {
+		s.mu.Unlock()
+		return s.closedErr()
+	}
+	already := s.localGoAway
+	s.localGoAway = true
+	last := s.lastPeerID
+	s.mu.Unlock()
+	if !already && s.caps.GoAway {
+		s.w.queueGoAway(wire.CodeNone, last)
+	}
+	return nil
+}
+
+// Ping sends a ping and returns the round trip once the peer answers.
+// Concurrent calls share one ping. It returns errors.ErrUnsupported where
+// the protocol has no ping reply.
+func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
+	if !s.caps.PingReply {
+		return 0, fmt.Errorf("polymux: ping on %v: %w", s.proto, errors.ErrUnsupported)
+	}
+	if s.IsClosed() {
+		return 0, s.closedErr()
+	}
+	p := s.startPing()
+	select {
+	case <-p.done:
+		return p.rtt, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-s.closing:
+		return 0, s.closedErr()
+	}
+}
+
+// startPing returns the ping in flight, sending one if there is none.
+func (s *Session) startPing() *pendingPing {
+	s.pingMu.Lock()
+	defer s.pingMu.Unlock()
+	if s.ping == nil {
+		s.pingSeq++
+		s.ping = &pendingPing{id: s.pingSeq, start: s.now(), done: make(chan struct{})}
+		s.w.queuePing(s.ping.id)
+	}
+	return s.ping
+}
+
+// pong completes the ping in flight if the reply matches it.
+func (s *Session) pong(id uint32) {
+	s.pingMu.Lock()
+	defer s.pingMu.Unlock()
+	p := s.ping
+	if p == nil || p.id != id {
+		return
+	}
+	p.rtt = time.Duration(s.now() - p.start)
+	s.rtt.Store(int64(p.rtt))
+	close(p.done)
+	s.ping = nil
+}
+
+// Done returns a channel closed once the session has ended and all its
+// goroutines have exited.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err returns why the session ended, or nil while it is open.
+func (s *Session) Err() error {
+	if p := s.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// IsClosed reports whether the session has started to end.
+func (s *Session) IsClosed() bool { return isClosed(s.closing) }
+
+// closedErr is the error calls return once the session ended.
+func (s *Session) closedErr() error {
+	if err := s.Err(); err != nil {
+		return err
+	}
+	return ErrSessionClosed
+}
+
+// NumStreams returns the number of open streams.
+func (s *Session) NumStreams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.streams)
+}
+
+// Protocol returns the wire protocol in use.
+func (s *Session) Protocol() Protocol { return s.proto }
+
+// Addr returns the local address of the connection (net.Listener).
+func (s *Session) Addr() net.Addr { return s.conn.LocalAddr() }
+
+// LocalAddr returns the local address of the connection.
+func (s *Session) LocalAddr() net.Addr { return s.conn.LocalAddr() }
+
+// RemoteAddr returns the remote address of the connection.
+func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// Stats returns a snapshot of the session's counters.
+func (s *Session) Stats() Stats {
+	return Stats{
+		Protocol:        s.proto,
+		ActiveStreams:   s.NumStreams(),
+		StreamsOpened:   s.nOpened.Load(),
+		StreamsAccepted: s.nAccepted.Load(),
+		StreamsRefused:  s.nRefused.Load(),
+		BytesSent:       s.nBytesSent.Load(),
+		BytesReceived:   s.nBytesRecv.Load(),
+		FramesSent:      s.nFramesSent.Load(),
+		FramesReceived:  s.nFramesRecv.Load(),
+		BufferedBytes:   s.budget.Used(),
+		RTT:             time.Duration(s.rtt.Load()),
+	}
+}
+
+// Stats are a session's counters.
+type Stats struct {
+	Protocol        Protocol
+	ActiveStreams   int
+	StreamsOpened   uint64        // by this side
+	StreamsAccepted uint64        // opened by the peer
+	StreamsRefused  uint64        // peer-opened streams refused (backlog full, limit reached, going away)
+	BytesSent       uint64        // stream payload bytes
+	BytesReceived   uint64        // stream payload bytes
+	FramesSent      uint64        // frames of every kind
+	FramesReceived  uint64        // frames of every kind
+	BufferedBytes   int64         // received data not yet read by the application
+	RTT             time.Duration // last measured round trip; 0 when unknown
+}
+
+// Close ends the session: every blocked call wakes with an error, GoAway is
+// sent best-effort, the connection is closed, and Close returns once every
+// goroutine of the session has exited.
+func (s *Session) Close() error {
+	s.shutdown(ErrSessionClosed, wire.CodeNone)
+	<-s.done
+	return nil
+}
+
+// shutdown starts the end of the session with err, sending GoAway(code)
+// where the protocol has it. It does not wait.
+func (s *Session) shutdown(err error, code wire.Code) {
+	s.closeOnce.Do(func() {
+		if !errors.Is(err, ErrSessionClosed) {
+			err = fmt.Errorf("%w: %w", ErrSessionClosed, err)
+		}
+		s.err.Store(&err)
+		if s.caps.GoAway {
+			s.mu.Lock()
+			last := s.lastPeerID
+			s.mu.Unlock()
+			s.w.queueGoAway(code, last)
+		}
+		close(s.closing)
+		if code == wire.CodeNone {
+			s.log.Debug("polymux: session closing", "protocol", s.proto, "reason", err)
+		} else {
+			s.log.Warn("polymux: session closing", "protocol", s.proto, "reason", err)
+		}
+	})
+}
+
+// readLoop reads and dispatches frames until the connection fails or the
+// session ends, then waits for the writer and wakes everything blocked.
+func (s *Session) readLoop() {
+	defer s.finish()
+	for {
+		f, err := s.codec.ReadFrame(s.br)
+		if err != nil {
+			s.readFailed(err)
+			return
+		}
+		s.lastRecv.Store(s.now())
+		s.nFramesRecv.Add(1)
+		if err := s.handle(f); err != nil {
+			s.shutdown(err, wire.CodeProtocol)
+			return
+		}
+	}
+}
+
+// readFailed ends the session after a failed frame read.
+func (s *Session) readFailed(err error) {
+	switch {
+	case s.IsClosed():
+	case errors.Is(err, wire.ErrProtocol):
+		s.shutdown(fmt.Errorf("%w: %w", ErrProtocol, err), wire.CodeProtocol)
+	case errors.Is(err, io.EOF):
+		s.shutdown(fmt.Errorf("%w: connection closed by peer", ErrSessionClosed), wire.CodeNone)
+	default:
+		s.shutdown(fmt.Errorf("%w: read: %w", ErrSessionClosed, err), wire.CodeNone)
+	}
+}
+
+// finish runs when the read loop ends: once the writer has flushed and
+// closed the connection, every stream learns the session's error and Done
+// is closed.
+func (s *Session) finish() {
+	s.shutdown(ErrSessionClosed, wire.CodeNone)
+	<-s.writerDone
+	s.conn.Close()
+	err := s.closedErr()
+	s.mu.Lock()
+	streams := make([]*Stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		streams = append(streams, st)
+	}
+	s.mu.Unlock()
+	for _, st := range streams {
+		st.mu.Lock()
+		st.sessionEnded(err)
+		st.mu.Unlock()
+		st.rdl.stop()
+		st.wdl.stop()
+	}
+	close(s.done)
+}
+
+// protocolErr is the error that closes the session when the peer breaks a
+// rule that its frames decoded fine but the engine checks.
+func protocolErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
+}
+
+// handle dispatches one received frame. An error closes the session.
+func (s *Session) handle(f wire.Frame) error {
+	switch f.Type {
+	case wire.TypeData, wire.TypeWindow:
+		return s.handleStream(f)
+	case wire.TypePing:
+		if f.Flags&wire.FlagSYN != 0 {
+			if !s.w.queuePong(f.Value) {
+				s.nPongsDropped.Add(1)
+			}
+		} else {
+			s.pong(f.Value)
+		}
+	case wire.TypeGoAway:
+		return s.handleGoAway(f)
+	}
+	return nil
+}
+
+// handleGoAway records that the peer opens no more streams and accepts
+// none of ours. A non-zero code means the peer is ending the session.
+func (s *Session) handleGoAway(f wire.Frame) error {
+	s.mu.Lock()
+	s.remoteGoAway = true
+	var refused []*Stream
+	if s.caps.GoAwayLastID {
+		for id, st := range s.streams {
+			if st.local && id > f.LastID {
+				refused = append(refused, st)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, st := range refused {
+		st.mu.Lock()
+		st.fail(ErrStreamRefused)
+		st.mu.Unlock()
+		s.forget(st)
+	}
+	if f.Value != uint32(wire.CodeNone) {
+		err := fmt.Errorf("%w (error code %d)", ErrGoAway, f.Value)
+		if f.Value == uint32(wire.CodeProtocol) {
+			err = fmt.Errorf("%w: peer reported a protocol error: %w", ErrProtocol, err)
+		}
+		s.shutdown(err, wire.CodeNone)
+	}
+	return nil
+}
+
+// handleStream applies a stream frame: open, acknowledgement, credit,
+// data, half-close and reset, in that order.
+func (s *Session) handleStream(f wire.Frame) error {
+	var st *Stream
+	if f.Flags&wire.FlagSYN != 0 {
+		var err error
+		if st, err = s.incoming(f.Stream); err != nil {
+			return err
+		}
+	} else {
+		s.mu.Lock()
+		st = s.streams[f.Stream]
+		s.mu.Unlock()
+	}
+	if st == nil {
+		return s.unknownStream(f)
+	}
+	st.mu.Lock()
+	if f.Flags&wire.FlagACK != 0 && !st.acked {
+		st.acked = true
+		if st.openTimer != nil {
+			st.openTimer.Stop()
+		}
+		s.mu.Lock()
+		s.unacked--
+		s.mu.Unlock()
+		notify(s.unackedCh)
+	}
+	if f.Flags&wire.FlagRST != 0 {
+		err := error(ErrStreamReset)
+		if (st.local && !st.acked) || wire.Code(f.Value) == wire.CodeRefused || wire.Code(f.Value) == wire.CodeAcceptFull {
+			err = ErrStreamRefused
+		}
+		st.fail(err)
+		st.removed = true
+		st.mu.Unlock()
+		s.forget(st)
+		return s.skip(f)
+	}
+	if f.Type == wire.TypeWindow {
+		if err := st.credit(f); err != nil {
+			st.mu.Unlock()
+			return err
+		}
+	}
+	st.mu.Unlock()
+	if f.Type == wire.TypeData && f.Length > 0 {
+		if err := s.receive(st, f.Length); err != nil {
+			return err
+		}
+	}
+	if f.Flags&wire.FlagFIN != 0 {
+		st.mu.Lock()
+		st.finRecv = true
+		if st.closed && st.closeTimer != nil {
+			st.closeTimer.Stop()
+		}
+		notify(st.readCh)
+		forget := st.doneLocked()
+		st.mu.Unlock()
+		if forget {
+			s.forget(st)
+		}
+	}
+	return nil
+}
+
+// credit applies a window update to st's send credit. st.mu must be held.
+func (st *Stream) credit(f wire.Frame) error {
+	var err error
+	switch st.sess.caps.Window {
+	case wire.WindowDelta:
+		err = st.swin.Grow(f.Value)
+	case wire.WindowAbsolute:
+		err = st.swin.Update(f.Value, f.Window)
+	default:
+		return nil
+	}
+	if err != nil {
+		return protocolErr("stream %d: %v", st.id, err)
+	}
+	notify(st.writeCh)
+	return nil
+}
+
+// skip discards the payload of a data frame nobody will read.
+func (s *Session) skip(f wire.Frame) error {
+	if f.Type != wire.TypeData || f.Length == 0 {
+		return nil
+	}
+	if _, err := s.br.Discard(int(f.Length)); err != nil {
+		return fmt.Errorf("%w: read: %w", ErrSessionClosed, err)
+	}
+	return nil
+}
+
+// unknownStream handles a frame for a stream that is not open: its data
+// is dropped, and on protocols that expect it the peer is told with RST.
+func (s *Session) unknownStream(f wire.Frame) error {
+	if f.Type == wire.TypeData && f.Length > 0 && s.caps.RejectUnknownData && f.Flags&wire.FlagRST == 0 {
+		s.w.queueRefusal(f.Stream, wire.CodeStreamClosed)
+	}
+	return s.skip(f)
+}
+
+// incoming creates the stream the peer opens with id, or refuses it. It
+// returns nil (and no error) for a refused stream.
+func (s *Session) incoming(id uint32) (*Stream, error) {
+	peerParity := s.caps.FirstID[1] & 1
+	if !s.client {
+		peerParity = s.caps.FirstID[0] & 1
+	}
+	if id&1 != peerParity {
+		return nil, protocolErr("peer opened stream %d with this side's id parity", id)
+	}
+	s.mu.Lock()
+	if _, ok := s.streams[id]; ok {
+		s.mu.Unlock()
+		return nil, protocolErr("peer reopened live stream %d", id)
+	}
+	s.lastPeerID = max(s.lastPeerID, id)
+	code := wire.CodeNone
+	switch {
+	case s.localGoAway || s.IsClosed():
+		code = wire.CodeRefused
+	case s.numIncoming >= s.cfg.MaxIncomingStreams:
+		code = wire.CodeRefused
+	case s.backlogLen >= s.cfg.AcceptBacklog:
+		code = wire.CodeAcceptFull
+	}
+	if code != wire.CodeNone {
+		s.mu.Unlock()
+		s.nRefused.Add(1)
+		s.w.queueRefusal(id, code)
+		s.log.Debug("polymux: refused stream", "stream", id, "code", code)
+		return nil, nil
+	}
+	st := newStream(s, id, false)
+	st.backlogged = true
+	s.streams[id] = st
+	s.numIncoming++
+	if s.backlogTail == nil {
+		s.backlogHead = st
+	} else {
+		s.backlogTail.acceptNext = st
+		st.acceptPrev = s.backlogTail
+	}
+	s.backlogTail = st
+	s.backlogLen++
+	s.mu.Unlock()
+	s.nAccepted.Add(1)
+	notify(s.acceptCh)
+	return st, nil
+}
+
+// receive reads n payload bytes of a data frame into st's receive buffer,
+// straight from the connection. Data the application no longer wants is
+// dropped; a window overrun breaks the protocol (or, where the protocol
+// says so, resets the stream); data past the session budget resets the
+// stream.
+func (s *Session) receive(st *Stream, n uint32) error {
+	s.nBytesRecv.Add(uint64(n))
+	st.mu.Lock()
+	if st.err != nil || st.finRecv {
+		st.mu.Unlock()
+		return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
+	}
+	if s.caps.Window != wire.WindowNone {
+		if err := st.rwin.Receive(n); err != nil {
+			if !s.caps.OverrunResets {
+				st.mu.Unlock()
+				return protocolErr("stream %d: %d bytes beyond the receive window", st.id, n)
+			}
+			return s.resetOnReceive(st, n, wire.CodeFlowControl, ErrStreamReset)
+		}
+	}
+	if st.readShut {
+		if st.closed && s.caps.Reset {
+			return s.resetOnReceive(st, n, wire.CodeStreamClosed, ErrStreamClosed)
+		}
+		st.rwin.Read(n)
+		st.maybeUpdate(false)
+		st.mu.Unlock()
+		return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
+	}
+	if !s.budget.TryAcquire(int64(n)) {
+		s.log.Warn("polymux: session buffer full, resetting stream", "stream", st.id, "buffered", s.budget.Used())
+		return s.resetOnReceive(st, n, wire.CodeFlowControl, ErrStreamReset)
+	}
+	remaining := int(n)
+	for remaining > 0 {
+		dst := st.recv.space(min(remaining, maxChunk))
+		st.filling = true
+		st.mu.Unlock()
+		k, err := io.ReadFull(s.br, dst)
+		st.mu.Lock()
+		st.filling = false
+		st.recv.commit(k)
+		remaining -= k
+		if err != nil {
+			st.mu.Unlock()
+			s.budget.Release(int64(remaining))
+			return fmt.Errorf("%w: read: %w", ErrSessionClosed, err)
+		}
+		if st.err != nil || st.readShut {
+			// Reset or CloseRead while the payload was being read: drop it.
+			dropped := st.recv.len()
+			st.recv.discard(dropped)
+			if st.err == nil {
+				st.consumed(dropped)
+			} else {
+				s.budget.Release(int64(dropped))
+			}
+			s.budget.Release(int64(remaining))
+			st.mu.Unlock()
+			return s.skip(wire.Frame{Type: wire.TypeData, Length: uint32(remaining)})
+		}
+		notify(st.readCh)
+	}
+	st.mu.Unlock()
+	return nil
+}
+
+// resetOnReceive resets st because of a data frame of n bytes, whose
+// payload is then skipped. st.mu must be held; it is released.
+func (s *Session) resetOnReceive(st *Stream, n uint32, code wire.Code, err error) error {
+	st.resetLocked(code, err)
+	st.removed = true
+	st.mu.Unlock()
+	s.forget(st)
+	return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
+}

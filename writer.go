@@ -1,0 +1,491 @@
+package polymux
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/polymux/polymux/internal/wire"
+)
+
+const (
+	// batchBytes bounds the DATA payload of one write to the connection,
+	// and so how long a control frame can wait behind data.
+	batchBytes = 256 << 10
+	// headerArena is the room for encoded headers in one batch.
+	headerArena = 64 << 10
+	// maxPongs bounds ping replies waiting to be written; a peer that
+	// floods pings without reading our replies gets the excess dropped.
+	maxPongs = 16
+	// maxRefusals bounds RSTs for streams not in the table (refused opens,
+	// data for closed streams) waiting to be written.
+	maxRefusals = 1024
+	// goAwayWait bounds how long Close spends on the final GoAway.
+	goAwayWait = 250 * time.Millisecond
+)
+
+// refusal is a reset (or, without RST, a FIN) for a stream not in the
+// table.
+type refusal struct {
+	id   uint32
+	code wire.Code
+}
+
+// taken records DATA bytes of a stream that are in the batch being written.
+type taken struct {
+	st *Stream
+	n  int
+}
+
+// writer owns the connection's write side: one goroutine that gathers
+// control frames first, then DATA from ready streams in round-robin order,
+// into batches written with one vectored write.
+type writer struct {
+	s      *Session
+	wakeCh chan struct{}
+
+	mu         sync.Mutex // guards the fields up to the blank line
+	ctrlQ      []*Stream  // streams with control frames to send
+	dataQ      []*Stream  // streams with DATA (or a FIN) to send
+	pongs      []uint32
+	pingID     uint32
+	pingQueued bool
+	goAway     bool
+	goAwayCode wire.Code
+	goAwayLast uint32
+	refusals   []refusal
+	front      []*Stream // spare for requeue
+
+	// Owned by the writer goroutine.
+	ctrl, round, next, spare []*Stream
+	sessCtrl                 []wire.Frame
+	hdrs                     []byte
+	bufs                     [][]byte
+	iov                      net.Buffers
+	stage                    []byte
+	taken                    []taken
+	forget                   []*Stream
+	dataBytes                int
+	frames                   int
+	vectored                 bool
+	err                      error // an encode error: a bug, which ends the session
+	lastDeadline             time.Time
+	dlMu                     sync.Mutex // orders deadline changes with shutdown
+	probing                  bool       // a keepalive probe is unanswered
+	probeAt                  int64
+}
+
+func (w *writer) init(s *Session) {
+	w.s = s
+	w.wakeCh = make(chan struct{}, 1)
+	w.hdrs = make([]byte, 0, headerArena)
+	switch s.conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		w.vectored = true
+	}
+}
+
+func (w *writer) wake() { notify(w.wakeCh) }
+
+// queueCtrl asks the writer to send st's pending control frames.
+func (w *writer) queueCtrl(st *Stream) {
+	w.mu.Lock()
+	if !st.inCtrl {
+		st.inCtrl = true
+		w.ctrlQ = append(w.ctrlQ, st)
+	}
+	w.mu.Unlock()
+	w.wake()
+}
+
+// queueData asks the writer to send st's buffered data and pending FIN.
+func (w *writer) queueData(st *Stream) {
+	w.mu.Lock()
+	if !st.inData {
+		st.inData = true
+		w.dataQ = append(w.dataQ, st)
+	}
+	w.mu.Unlock()
+	w.wake()
+}
+
+// queuePong queues a ping reply and reports whether there was room.
+func (w *writer) queuePong(id uint32) bool {
+	w.mu.Lock()
+	ok := len(w.pongs) < maxPongs
+	if ok {
+		w.pongs = append(w.pongs, id)
+	}
+	w.mu.Unlock()
+	w.wake()
+	return ok
+}
+
+func (w *writer) queuePing(id uint32) {
+	w.mu.Lock()
+	w.pingID, w.pingQueued = id, true
+	w.mu.Unlock()
+	w.wake()
+}
+
+func (w *writer) queueGoAway(code wire.Code, last uint32) {
+	w.mu.Lock()
+	w.goAway, w.goAwayCode, w.goAwayLast = true, code, last
+	w.mu.Unlock()
+	w.wake()
+}
+
+// queueRefusal queues a reset for a stream not in the table. Past
+// maxRefusals pending, the refusal is dropped: only a peer that opens
+// streams far faster than it reads our replies gets there.
+func (w *writer) queueRefusal(id uint32, code wire.Code) {
+	w.mu.Lock()
+	if len(w.refusals) < maxRefusals {
+		w.refusals = append(w.refusals, refusal{id, code})
+	}
+	w.mu.Unlock()
+	w.wake()
+}
+
+// run is the writer goroutine.
+func (w *writer) run() {
+	s := w.s
+	defer close(s.writerDone)
+	ka := w.keepaliveTimer()
+	var kaC <-chan time.Time
+	if ka != nil {
+		kaC = ka.C
+		defer ka.Stop()
+	}
+	for {
+		if s.IsClosed() {
+			w.final()
+			return
+		}
+		if w.fill() == 0 {
+			select {
+			case <-w.wakeCh:
+			case <-kaC:
+				w.keepalive(ka)
+			case <-s.closing:
+			}
+			continue
+		}
+		select {
+		case <-kaC:
+			w.keepalive(ka)
+		default:
+		}
+		if err := w.flush(); err != nil {
+			s.shutdown(fmt.Errorf("%w: write: %w", ErrSessionClosed, err), wire.CodeNone)
+			w.final()
+			return
+		}
+	}
+}
+
+// final writes the pending GoAway, best effort and briefly, and closes the
+// connection so the read loop ends.
+func (w *writer) final() {
+	s := w.s
+	w.dlMu.Lock()
+	s.conn.SetWriteDeadline(time.Now().Add(goAwayWait))
+	w.dlMu.Unlock()
+	w.reset()
+	w.mu.Lock()
+	goAway := w.goAway
+	w.goAway = false
+	f := wire.Frame{Type: wire.TypeGoAway, Value: uint32(w.goAwayCode), LastID: w.goAwayLast}
+	w.mu.Unlock()
+	if goAway {
+		w.frame(f)
+		w.write()
+	}
+	s.conn.Close()
+}
+
+// reset empties the batch.
+func (w *writer) reset() {
+	w.hdrs = w.hdrs[:0]
+	clear(w.bufs)
+	w.bufs = w.bufs[:0]
+	w.taken = w.taken[:0]
+	w.forget = w.forget[:0]
+	w.dataBytes, w.frames = 0, 0
+}
+
+// frame appends f's header to the batch.
+func (w *writer) frame(f wire.Frame) {
+	start := len(w.hdrs)
+	hdrs, err := w.s.codec.AppendFrame(w.hdrs, f)
+	if err != nil {
+		if w.err == nil {
+			w.err = fmt.Errorf("polymux: internal error: encoding %v: %w", f, err)
+		}
+		return
+	}
+	w.hdrs = hdrs
+	w.bufs = append(w.bufs, hdrs[start:])
+	w.frames++
+}
+
+// room reports whether n more headers fit in the batch's arena (which
+// must never grow, since the batch holds slices of it).
+func (w *writer) room(n int) bool { return cap(w.hdrs)-len(w.hdrs) >= n*wire.MaxEncodedLen }
+
+// fill gathers the next batch and returns its number of frames.
+func (w *writer) fill() int {
+	s := w.s
+	w.reset()
+	w.mu.Lock()
+	w.sessCtrl = w.sessCtrl[:0]
+	if w.goAway {
+		w.goAway = false
+		w.sessCtrl = append(w.sessCtrl, wire.Frame{Type: wire.TypeGoAway, Value: uint32(w.goAwayCode), LastID: w.goAwayLast})
+	}
+	if w.pingQueued {
+		w.pingQueued = false
+		w.sessCtrl = append(w.sessCtrl, wire.Frame{Type: wire.TypePing, Flags: wire.FlagSYN, Value: w.pingID})
+	}
+	for _, id := range w.pongs {
+		w.sessCtrl = append(w.sessCtrl, wire.Frame{Type: wire.TypePing, Flags: wire.FlagACK, Value: id})
+	}
+	w.pongs = w.pongs[:0]
+	for _, r := range w.refusals {
+		f := wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagRST, Stream: r.id, Value: uint32(r.code)}
+		if !s.caps.Reset {
+			f = wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagFIN, Stream: r.id}
+		}
+		w.sessCtrl = append(w.sessCtrl, f)
+	}
+	w.refusals = w.refusals[:0]
+	w.ctrl = append(w.ctrl[:0], w.ctrlQ...)
+	w.ctrlQ = w.ctrlQ[:0]
+	for _, st := range w.ctrl {
+		st.inCtrl = false
+	}
+	w.round = append(w.round[:0], w.dataQ...)
+	w.dataQ = w.dataQ[:0]
+	for _, st := range w.round {
+		st.inData = false
+	}
+	w.mu.Unlock()
+
+	for _, f := range w.sessCtrl {
+		w.frame(f)
+	}
+	for i, st := range w.ctrl {
+		if !w.room(4) {
+			w.requeue(&w.ctrlQ, w.ctrl[i:], func(st *Stream) *bool { return &st.inCtrl })
+			break
+		}
+		st.mu.Lock()
+		w.streamControl(st)
+		st.mu.Unlock()
+	}
+	w.dataRound()
+	for _, st := range w.forget {
+		s.forget(st)
+	}
+	if w.err != nil {
+		s.shutdown(w.err, wire.CodeInternal)
+	}
+	return w.frames
+}
+
+// dataRound takes one frame from each ready stream in turn until the batch
+// is full; the streams it did not reach go first next time.
+func (w *writer) dataRound() {
+	for len(w.round) > 0 {
+		w.next = w.next[:0]
+		for i, st := range w.round {
+			if w.dataBytes >= batchBytes || !w.room(5) {
+				w.spare = append(append(w.spare[:0], w.round[i:]...), w.next...)
+				w.requeue(&w.dataQ, w.spare, func(st *Stream) *bool { return &st.inData })
+				return
+			}
+			st.mu.Lock()
+			more := w.streamData(st)
+			st.mu.Unlock()
+			if more {
+				w.next = append(w.next, st)
+			}
+		}
+		w.round, w.next = w.next, w.round
+	}
+}
+
+// requeue puts streams back at the front of queue *q, keeping any that
+// were queued again meanwhile only once.
+func (w *writer) requeue(q *[]*Stream, streams []*Stream, flag func(*Stream) *bool) {
+	w.mu.Lock()
+	front := w.front[:0]
+	for _, st := range streams {
+		if f := flag(st); !*f {
+			*f = true
+			front = append(front, st)
+		}
+	}
+	front = append(front, *q...)
+	*q, w.front = front, (*q)[:0]
+	w.mu.Unlock()
+}
+
+// streamControl appends st's pending control frames: open, acknowledge,
+// window update, reset. st.mu must be held.
+func (w *writer) streamControl(st *Stream) {
+	c := w.s.caps
+	if st.needSYN {
+		st.needSYN = false
+		f := wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagSYN, Stream: st.id}
+		if c.WindowOnOpen {
+			f.Value, _ = st.rwin.Update(true)
+		} else if c.Window != wire.WindowNone && st.rwin.UpdateDue(true) {
+			st.needUpdate = true
+		}
+		w.frame(f)
+	}
+	if st.needACK {
+		st.needACK = false
+		f := wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagACK, Stream: st.id}
+		if c.Window == wire.WindowDelta {
+			f.Value, _ = st.rwin.Update(true)
+		}
+		w.frame(f)
+	}
+	if st.needRST {
+		st.needRST, st.needUpdate = false, false
+		w.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagRST, Stream: st.id, Value: uint32(st.rstCode)})
+		return
+	}
+	if st.needUpdate {
+		st.needUpdate = false
+		if st.err != nil || st.finRecv {
+			return
+		}
+		if delta, ok := st.rwin.Update(true); ok {
+			f := wire.Frame{Type: wire.TypeWindow, Stream: st.id, Value: delta}
+			if c.Window == wire.WindowAbsolute {
+				f.Value, f.Window = st.rwin.Consumed(), st.rwin.Window()
+			}
+			w.frame(f)
+		}
+	}
+}
+
+// streamData appends st's control frames, then one DATA frame of its
+// buffered bytes, then its FIN once everything before it is in the batch.
+// It reports whether st has more to send. st.mu must be held.
+func (w *writer) streamData(st *Stream) bool {
+	w.streamControl(st)
+	avail := 0
+	if st.err == nil {
+		avail = st.send.len() - st.inflight
+		if avail > 0 {
+			k := min(avail, w.s.frameMax)
+			w.frame(wire.Frame{Type: wire.TypeData, Stream: st.id, Length: uint32(k)})
+			w.bufs = st.send.slices(st.inflight, k, w.bufs)
+			st.inflight += k
+			w.taken = append(w.taken, taken{st, k})
+			w.dataBytes += k
+			avail -= k
+		}
+	}
+	if st.finQueued && !st.finSent && avail == 0 && (st.err == nil || !w.s.caps.Reset) {
+		st.finSent = true
+		w.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagFIN, Stream: st.id})
+		if st.doneLocked() {
+			w.forget = append(w.forget, st)
+		}
+	}
+	return avail > 0
+}
+
+// flush writes the batch and releases the DATA bytes it carried.
+func (w *writer) flush() error {
+	err := w.write()
+	for _, t := range w.taken {
+		st := t.st
+		st.mu.Lock()
+		st.send.discard(t.n)
+		st.inflight -= t.n
+		if st.inflight == 0 && st.err != nil {
+			st.send.discard(st.send.len())
+		}
+		st.mu.Unlock()
+		notify(st.writeCh)
+	}
+	if err == nil {
+		w.s.nBytesSent.Add(uint64(w.dataBytes))
+		w.s.nFramesSent.Add(uint64(w.frames))
+	}
+	return err
+}
+
+// write puts the batch on the connection.
+func (w *writer) write() error {
+	s := w.s
+	if s.cfg.WriteTimeout > 0 {
+		now := time.Now()
+		if now.Sub(w.lastDeadline) > s.cfg.WriteTimeout/2 {
+			w.dlMu.Lock()
+			if !s.IsClosed() {
+				s.conn.SetWriteDeadline(now.Add(s.cfg.WriteTimeout))
+				w.lastDeadline = now
+			}
+			w.dlMu.Unlock()
+		}
+	}
+	if w.vectored {
+		w.iov = w.bufs
+		_, err := w.iov.WriteTo(s.conn)
+		return err
+	}
+	w.stage = w.stage[:0]
+	for _, b := range w.bufs {
+		w.stage = append(w.stage, b...)
+	}
+	_, err := s.conn.Write(w.stage)
+	return err
+}
+
+// keepaliveTimer returns the keepalive timer, or nil when keepalive is off
+// or the protocol has no way to probe.
+func (w *writer) keepaliveTimer() *time.Timer {
+	s := w.s
+	if s.cfg.KeepAliveInterval < 0 || !(s.caps.PingReply || s.caps.KeepAliveNop) {
+		return nil
+	}
+	return time.NewTimer(s.cfg.KeepAliveInterval)
+}
+
+// keepalive runs when the keepalive timer fires: any frame received counts
+// as proof of life, so a probe goes out only after KeepAliveInterval of
+// silence, and the session ends if KeepAliveTimeout more passes with
+// nothing received.
+func (w *writer) keepalive(t *time.Timer) {
+	s := w.s
+	now, last := s.now(), s.lastRecv.Load()
+	interval, timeout := int64(s.cfg.KeepAliveInterval), int64(s.cfg.KeepAliveTimeout)
+	if w.probing {
+		if last < w.probeAt {
+			if now-w.probeAt >= timeout {
+				s.shutdown(ErrKeepAliveTimeout, wire.CodeNone)
+				return
+			}
+			t.Reset(time.Duration(w.probeAt + timeout - now))
+			return
+		}
+		w.probing = false
+	}
+	if now-last < interval {
+		t.Reset(time.Duration(last + interval - now))
+		return
+	}
+	w.probing, w.probeAt = true, now
+	if s.caps.PingReply {
+		s.startPing()
+	}
+	t.Reset(time.Duration(timeout))
+}
