@@ -1,0 +1,629 @@
+package polymux
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestStreamsOpenedFromBothSidesAtOnceAllEcho(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		waitC := acceptLoop(cli, echo)
+		waitS := acceptLoop(srv, echo)
+		const n = 50
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*n)
+		for i := range 2 * n {
+			from := cli
+			if i%2 == 1 {
+				from = srv
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st, err := from.OpenStream(ctx(t))
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer st.Close()
+				errs <- roundTrip(st, randomBytes(1000+i))
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := cli.Stats().StreamsOpened + srv.Stats().StreamsOpened; got != 2*n {
+			t.Fatalf("streams opened = %d, want %d", got, 2*n)
+		}
+		cli.Close()
+		srv.Close()
+		waitC()
+		waitS()
+	})
+}
+
+func TestThousandConcurrentStreamsEchoRandomDataVerifiedByHash(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		wait := acceptLoop(srv, echo)
+		const n = 1000
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st, err := cli.OpenStream(ctx(t))
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer st.Close()
+				errs <- roundTrip(st, randomBytes(1+rand.IntN(16<<10)+i))
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := srv.Stats().StreamsAccepted; got != n {
+			t.Fatalf("server accepted %d streams, want %d", got, n)
+		}
+		cli.Close()
+		wait()
+	})
+}
+
+func TestHalfCloseWorksInBothDirections(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		for _, dir := range []struct {
+			name     string
+			from, to *Session
+		}{{"client opens", cli, srv}, {"server opens", srv, cli}} {
+			t.Run(dir.name, func(t *testing.T) {
+				a, b := openAccept(t, dir.from, dir.to)
+				request := randomBytes(300 << 10)
+				go func() {
+					a.Write(request)
+					a.CloseWrite()
+				}()
+				got, err := io.ReadAll(b)
+				if err != nil || !bytes.Equal(got, request) {
+					t.Fatalf("request: %d bytes, err %v", len(got), err)
+				}
+				// b's peer half-closed: b can still write, and a still reads.
+				reply := randomBytes(200 << 10)
+				go func() {
+					b.Write(reply)
+					b.CloseWrite()
+				}()
+				got, err = io.ReadAll(a)
+				if err != nil || !bytes.Equal(got, reply) {
+					t.Fatalf("reply: %d bytes, err %v", len(got), err)
+				}
+				if _, err := a.Write([]byte("x")); !errors.Is(err, ErrWriteClosed) {
+					t.Fatalf("write after CloseWrite: %v, want ErrWriteClosed", err)
+				}
+				eventually(t, 5*time.Second, "both streams forgotten", func() bool {
+					return dir.from.NumStreams() == 0 && dir.to.NumStreams() == 0
+				})
+				a.Close()
+				b.Close()
+			})
+		}
+	})
+}
+
+func TestResetFailsThePeersReadAndWriteInBothDirections(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		for _, dir := range []struct {
+			name     string
+			from, to *Session
+		}{{"client resets", cli, srv}, {"server resets", srv, cli}} {
+			t.Run(dir.name, func(t *testing.T) {
+				a, b := openAccept(t, cli, srv)
+				if dir.from == srv {
+					a, b = b, a
+				}
+				readErr := make(chan error, 1)
+				go func() {
+					_, err := b.Read(make([]byte, 10))
+					readErr <- err
+				}()
+				if err := a.Reset(); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case err := <-readErr:
+					if !errors.Is(err, ErrStreamReset) {
+						t.Fatalf("peer Read after reset: %v, want ErrStreamReset", err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("peer Read not woken by reset")
+				}
+				if _, err := b.Write([]byte("late")); !errors.Is(err, ErrStreamReset) {
+					t.Fatalf("peer Write after reset: %v, want ErrStreamReset", err)
+				}
+				if _, err := a.Read(make([]byte, 1)); !errors.Is(err, ErrStreamReset) {
+					t.Fatalf("own Read after reset: %v", err)
+				}
+				eventually(t, 5*time.Second, "reset streams forgotten", func() bool {
+					return cli.NumStreams() == 0 && srv.NumStreams() == 0
+				})
+			})
+		}
+	})
+}
+
+func TestStreamsPastTheAcceptBacklogAreRefused(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, e.cfg(func(c *Config) { c.AcceptBacklog = 4 }))
+		var streams []*Stream
+		for range 10 {
+			st, err := cli.OpenStream(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			streams = append(streams, st)
+		}
+		refused := 0
+		for _, st := range streams[4:] {
+			st.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := st.Read(make([]byte, 1)); errors.Is(err, ErrStreamRefused) {
+				refused++
+			} else {
+				t.Errorf("stream %d past the backlog: Read = %v, want ErrStreamRefused", st.ID(), err)
+			}
+		}
+		if got := srv.Stats().StreamsRefused; got != 6 || refused != 6 {
+			t.Fatalf("refused: server counted %d, client saw %d; want 6", got, refused)
+		}
+		// The session still works: the four waiting streams are accepted.
+		for i := range 4 {
+			b, err := srv.AcceptStream(ctx(t))
+			if err != nil || b.ID() != streams[i].ID() {
+				t.Fatalf("accept %d: %v %v", i, b, err)
+			}
+		}
+	})
+}
+
+func TestStreamsPastMaxIncomingStreamsAreRefused(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, e.cfg(func(c *Config) { c.MaxIncomingStreams = 3 }))
+		var open []*Stream
+		for range 3 {
+			a, b := openAccept(t, cli, srv)
+			open = append(open, a, b)
+		}
+		extra, err := cli.OpenStream(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, ErrStreamRefused) {
+			t.Fatalf("fourth stream: %v, want ErrStreamRefused", err)
+		}
+		if got := srv.Stats().StreamsRefused; got != 1 {
+			t.Fatalf("StreamsRefused = %d, want 1", got)
+		}
+		// Closing one makes room for another.
+		open[0].Close()
+		open[1].Close()
+		eventually(t, 5*time.Second, "closed stream forgotten", func() bool { return srv.NumStreams() == 2 })
+		a, b := openAccept(t, cli, srv)
+		if err := roundTripOnce(a, b); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// roundTripOnce sends a few bytes from a to b and back.
+func roundTripOnce(a, b *Stream) error {
+	if _, err := a.Write([]byte("ping")); err != nil {
+		return err
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(b, buf); err != nil {
+		return err
+	}
+	if _, err := b.Write(buf); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(a, buf)
+	return err
+}
+
+func TestAStreamNobodyReadsDoesNotSlowTheOthers(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		stuck, _ := openAccept(t, cli, srv)
+		// Fill the stuck stream's window: exactly the window is accepted.
+		stuck.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+		n, err := stuck.Write(make([]byte, 1<<20))
+		if !errors.Is(err, ErrTimeout) || n != protocolWindow {
+			t.Fatalf("write to an unread stream: n=%d err=%v; want n=%d and a timeout", n, err, protocolWindow)
+		}
+		a, b := openAccept(t, cli, srv)
+		const total = 64 << 20
+		go func() {
+			buf := make([]byte, 64<<10)
+			for sent := 0; sent < total; sent += len(buf) {
+				if _, err := a.Write(buf); err != nil {
+					return
+				}
+			}
+			a.CloseWrite()
+		}()
+		got, err := io.Copy(io.Discard, b)
+		if err != nil || got != total {
+			t.Fatalf("other stream moved %d bytes (err %v), want %d", got, err, total)
+		}
+		if buffered := srv.Stats().BufferedBytes; buffered != protocolWindow {
+			t.Fatalf("server buffers %d bytes, want just the stuck stream's window %d", buffered, protocolWindow)
+		}
+	})
+}
+
+func TestReadDeadlineTimesOutAndCanBeCleared(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, b := openAccept(t, cli, srv)
+		b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err := b.Read(make([]byte, 1))
+		var ne net.Error
+		if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.Is(err, ErrTimeout) || !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("Read past deadline: %v", err)
+		}
+		// A deadline in the past fails at once, even with data pending.
+		b.SetReadDeadline(time.Now().Add(-time.Second))
+		if _, err := b.Read(make([]byte, 1)); !errors.Is(err, ErrTimeout) {
+			t.Fatalf("past deadline: %v", err)
+		}
+		b.SetReadDeadline(time.Time{})
+		if err := roundTripOnce(a, b); err != nil {
+			t.Fatalf("after clearing the deadline: %v", err)
+		}
+		// A deadline set while Read is blocked wakes it.
+		errc := make(chan error, 1)
+		go func() {
+			_, err := b.Read(make([]byte, 1))
+			errc <- err
+		}()
+		time.Sleep(20 * time.Millisecond)
+		b.SetReadDeadline(time.Now())
+		select {
+		case err := <-errc:
+			if !errors.Is(err, ErrTimeout) {
+				t.Fatalf("blocked Read: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("blocked Read not woken by a new deadline")
+		}
+	})
+}
+
+func TestWriteTimeoutReportsExactlyWhatWillBeDelivered(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, b := openAccept(t, cli, srv)
+		data := randomBytes(1 << 20)
+		a.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := a.Write(data)
+		if !errors.Is(err, ErrTimeout) || n == 0 || n == len(data) {
+			t.Fatalf("Write with the peer not reading: n=%d err=%v", n, err)
+		}
+		// Exactly n bytes arrive, and nothing more.
+		got := make([]byte, n)
+		if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, data[:n]) {
+			t.Fatalf("reading the %d accepted bytes: %v", n, err)
+		}
+		b.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if k, err := b.Read(make([]byte, 1)); !errors.Is(err, ErrTimeout) {
+			t.Fatalf("%d bytes past n arrived (err %v)", k, err)
+		}
+		b.SetReadDeadline(time.Time{})
+		// Retrying the rest delivers everything in order, once.
+		a.SetWriteDeadline(time.Time{})
+		go func() {
+			a.Write(data[n:])
+			a.CloseWrite()
+		}()
+		rest, err := io.ReadAll(b)
+		if err != nil || !bytes.Equal(rest, data[n:]) {
+			t.Fatalf("retry delivered %d bytes, want %d (err %v)", len(rest), len(data)-n, err)
+		}
+	})
+}
+
+func TestKeepaliveClosesASessionWhosePeerStopsAnswering(t *testing.T) {
+	checkLeaks(t)
+	cfg := &Config{KeepAliveInterval: 50 * time.Millisecond, KeepAliveTimeout: 100 * time.Millisecond}
+	s, peer := newRawPeer(t, Yamux, false, cfg)
+	peer.drain() // reads everything, answers nothing
+	select {
+	case <-s.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("session still open 5 s after its peer stopped answering")
+	}
+	if err := s.Err(); !errors.Is(err, ErrKeepAliveTimeout) || !errors.Is(err, ErrSessionClosed) {
+		t.Fatalf("Err() = %v, want ErrKeepAliveTimeout", err)
+	}
+}
+
+func TestKeepaliveKeepsAnIdleSessionWithALivePeer(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		ka := e.cfg(func(c *Config) {
+			c.KeepAliveInterval = 20 * time.Millisecond
+			c.KeepAliveTimeout = 200 * time.Millisecond
+		})
+		cli, srv := e.pair(t, ka, ka)
+		time.Sleep(300 * time.Millisecond)
+		if cli.IsClosed() || srv.IsClosed() {
+			t.Fatalf("idle session closed: %v / %v", cli.Err(), srv.Err())
+		}
+		if cli.Stats().RTT <= 0 {
+			t.Fatal("keepalive pings measured no round trip")
+		}
+	})
+}
+
+func TestPingMeasuresARoundTrip(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		for _, s := range []*Session{cli, srv} {
+			rtt, err := s.Ping(ctx(t))
+			if err != nil || rtt <= 0 {
+				t.Fatalf("Ping = %v, %v", rtt, err)
+			}
+			if s.Stats().RTT != rtt {
+				t.Fatalf("Stats.RTT = %v, Ping returned %v", s.Stats().RTT, rtt)
+			}
+		}
+	})
+}
+
+func TestGoAwayStopsNewStreamsButLetsOpenOnesFinish(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, b := openAccept(t, cli, srv)
+		if err := srv.GoAway(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "client to learn of GoAway", func() bool {
+			_, err := cli.OpenStream(ctx(t))
+			return errors.Is(err, ErrGoAway)
+		})
+		if err := roundTripOnce(a, b); err != nil {
+			t.Fatalf("open stream after GoAway: %v", err)
+		}
+		// The server may still open streams of its own.
+		c, d := openAccept(t, srv, cli)
+		if err := roundTripOnce(c, d); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestCloseWakesEveryBlockedCall(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, e.cfg(func(c *Config) { c.AcceptBacklog = 1 }), nil)
+		r, _ := openAccept(t, cli, srv)
+		w, _ := openAccept(t, cli, srv)
+		if _, err := cli.OpenStream(ctx(t)); err != nil { // never accepted: fills the un-ACKed backlog
+			t.Fatal(err)
+		}
+		w.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		w.Write(make([]byte, 1<<20)) // fill the window
+		w.SetWriteDeadline(time.Time{})
+
+		calls := map[string]func() error{
+			"Read":   func() error { _, err := r.Read(make([]byte, 1)); return err },
+			"Write":  func() error { _, err := w.Write(make([]byte, 1)); return err },
+			"Accept": func() error { _, err := cli.AcceptStream(context.Background()); return err },
+			"Open":   func() error { _, err := cli.OpenStream(context.Background()); return err },
+		}
+		errs := make(chan error, len(calls))
+		for name, call := range calls {
+			go func() { errs <- fmt.Errorf("%s: %w", name, call()) }()
+		}
+		time.Sleep(50 * time.Millisecond)
+		within(t, 5*time.Second, "Close", func() { cli.Close() })
+		for range calls {
+			select {
+			case err := <-errs:
+				if !errors.Is(err, net.ErrClosed) && !errors.Is(err, ErrStreamReset) {
+					t.Errorf("%v: want an error matching net.ErrClosed", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a blocked call was not woken by Close")
+			}
+		}
+		if !errors.Is(cli.Err(), ErrSessionClosed) {
+			t.Fatalf("Err() = %v", cli.Err())
+		}
+		select {
+		case <-srv.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("the peer session did not end after Close")
+		}
+	})
+}
+
+func TestOpenTimeoutResetsOnlyTheUnacknowledgedStream(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, e.cfg(func(c *Config) { c.StreamOpenTimeout = 100 * time.Millisecond }), nil)
+		st, err := cli.OpenStream(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrOpenTimeout) || !errors.Is(err, ErrStreamReset) {
+			t.Fatalf("unacknowledged stream: %v, want ErrOpenTimeout", err)
+		}
+		if cli.IsClosed() {
+			t.Fatalf("the session closed: %v", cli.Err())
+		}
+		// The server's accept backlog had the stream, then its reset: it is
+		// gone, and a new stream works.
+		eventually(t, 5*time.Second, "reset stream forgotten", func() bool { return srv.NumStreams() == 0 })
+		a, b := openAccept(t, cli, srv)
+		if err := roundTripOnce(a, b); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestCloseTimeoutResetsAStreamWhosePeerNeverCloses(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, e.cfg(func(c *Config) { c.StreamCloseTimeout = 100 * time.Millisecond }), nil)
+		a, b := openAccept(t, cli, srv)
+		a.Close()
+		if _, err := io.ReadAll(b); err != nil {
+			t.Fatalf("peer reads to EOF after Close: %v", err)
+		}
+		// b never closes; after the timeout its writes fail.
+		eventually(t, 5*time.Second, "the stream to be reset", func() bool {
+			_, err := b.Write([]byte("x"))
+			return errors.Is(err, ErrStreamReset)
+		})
+		eventually(t, 5*time.Second, "streams forgotten", func() bool { return cli.NumStreams() == 0 && srv.NumStreams() == 0 })
+	})
+}
+
+func TestCloseWithUnreadDataResetsThePeer(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, b := openAccept(t, cli, srv)
+		if _, err := a.Write([]byte("unread")); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "data to arrive", func() bool { return srv.Stats().BufferedBytes == 6 })
+		b.Close()
+		eventually(t, 5*time.Second, "writer to see the reset", func() bool {
+			_, err := a.Write([]byte("more"))
+			return errors.Is(err, ErrStreamReset)
+		})
+		if got := srv.Stats().BufferedBytes; got != 0 {
+			t.Fatalf("%d bytes still buffered after Close", got)
+		}
+	})
+}
+
+func TestCloseReadDropsDataAndKeepsThePeerWriting(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, b := openAccept(t, cli, srv)
+		b.CloseRead()
+		if _, err := b.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("Read after CloseRead: %v, want io.EOF", err)
+		}
+		// Far more than a window: the dropped bytes still return credit.
+		if _, err := a.Write(make([]byte, 4<<20)); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		// b can still write.
+		go func() {
+			b.Write([]byte("still here"))
+			b.CloseWrite()
+		}()
+		got, err := io.ReadAll(a)
+		if err != nil || string(got) != "still here" {
+			t.Fatalf("a read %q, %v", got, err)
+		}
+		if buffered := srv.Stats().BufferedBytes; buffered != 0 {
+			t.Fatalf("%d bytes buffered after CloseRead", buffered)
+		}
+	})
+}
+
+func TestSessionBufferBoundsUnreadDataAcrossStreams(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		const budget = 2 * protocolWindow
+		cli, srv := e.pair(t, nil, e.cfg(func(c *Config) { c.MaxSessionBuffer = budget }))
+		var streams []*Stream
+		for range 4 {
+			a, _ := openAccept(t, cli, srv)
+			streams = append(streams, a)
+			a.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+			a.Write(make([]byte, protocolWindow))
+		}
+		if got := srv.Stats().BufferedBytes; got > budget {
+			t.Fatalf("server buffers %d bytes, budget %d", got, budget)
+		}
+		reset := 0
+		for _, a := range streams {
+			if _, err := a.Write([]byte("x")); errors.Is(err, ErrStreamReset) {
+				reset++
+			}
+		}
+		if reset < 2 {
+			t.Fatalf("%d streams reset; at least 2 of 4 cannot fit a %d-byte budget", reset, budget)
+		}
+	})
+}
+
+func TestStatsCountStreamsBytesAndFrames(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, b := openAccept(t, cli, srv)
+		if err := roundTripOnce(a, b); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "counters to settle", func() bool {
+			c, s := cli.Stats(), srv.Stats()
+			return c.BytesReceived == 4 && s.BytesReceived == 4 && c.BytesSent == 4 && s.BytesSent == 4
+		})
+		cs, ss := cli.Stats(), srv.Stats()
+		if cs.Protocol != e.proto || cs.StreamsOpened != 1 || ss.StreamsAccepted != 1 || cs.ActiveStreams != 1 ||
+			cs.BytesSent != 4 || ss.BytesSent != 4 || cs.FramesSent < 2 || ss.FramesReceived < 2 {
+			t.Fatalf("client %+v\nserver %+v", cs, ss)
+		}
+	})
+}
+
+func TestAGoroutineFreeStreamModel(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		before := runtime.NumGoroutine()
+		cli, srv := e.pair(t, nil, nil)
+		perSession := (runtime.NumGoroutine() - before) / 2
+		if perSession > 3 {
+			t.Fatalf("%d goroutines per session, want at most 3", perSession)
+		}
+		mid := runtime.NumGoroutine()
+		var streams []*Stream
+		for range 100 {
+			a, b := openAccept(t, cli, srv)
+			streams = append(streams, a, b)
+		}
+		if grown := runtime.NumGoroutine() - mid; grown > 0 {
+			t.Fatalf("100 open streams added %d goroutines", grown)
+		}
+		for _, st := range streams {
+			st.Close()
+		}
+	})
+}
