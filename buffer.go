@@ -145,14 +145,3 @@ func (q *byteQueue) slices(off, k int, bufs [][]byte) [][]byte {
 	}
 	return bufs
 }
-
-// reset frees every chunk. The caller must know no producer is filling
-// the tail.
-func (q *byteQueue) reset() {
-	for c := q.head; c != nil; {
-		next := c.next
-		putChunk(c)
-		c = next
-	}
-	*q = byteQueue{}
-}

@@ -293,23 +293,23 @@ func newRawPeer(t testing.TB, proto Protocol, server bool, cfg *Config) (*Sessio
 	return s, p
 }
 
-// send writes frames, each optionally followed by a payload.
-func (p *rawPeer) send(f wire.Frame, payload []byte) {
-	p.t.Helper()
+// send writes a frame followed by payload. It may run on any goroutine;
+// an unencodable frame is reported with t.Error. The write error is
+// returned: a session that rejects a frame may close before reading all.
+func (p *rawPeer) send(f wire.Frame, payload []byte) error {
 	b, err := p.codec.AppendFrame(nil, f)
 	if err != nil {
-		p.t.Fatal(err)
+		p.t.Error(err)
+		return err
 	}
-	p.sendRaw(append(b, payload...))
+	return p.sendRaw(append(b, payload...))
 }
 
-// sendRaw writes bytes as they are.
-func (p *rawPeer) sendRaw(b []byte) {
-	p.t.Helper()
+// sendRaw writes bytes as they are, within 5 s.
+func (p *rawPeer) sendRaw(b []byte) error {
 	p.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if _, err := p.conn.Write(b); err != nil {
-		p.t.Fatalf("raw peer write: %v", err)
-	}
+	_, err := p.conn.Write(b)
+	return err
 }
 
 // next reads the next frame (skipping DATA payloads into the returned
