@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/polymux/polymux"
+)
+
+// checkLeaks fails the test if goroutines started during it are still
+// running shortly after it ends. Call it first, so its cleanup runs last.
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				buf = buf[:runtime.Stack(buf, true)]
+				t.Fatalf("goroutine leak: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+func TestWorkloads(t *testing.T) {
+	const d = 200 * time.Millisecond
+	workloads := []struct {
+		name string
+		run  func(transport) (*workloadResult, error)
+	}{
+		{"bulk1", func(tr transport) (*workloadResult, error) { return runBulk(tr, 1, 65536, d, nil) }},
+		{"bulk8", func(tr transport) (*workloadResult, error) { return runBulk(tr, 8, 65536, d, nil) }},
+		{"bulk8small", func(tr transport) (*workloadResult, error) { return runBulk(tr, 8, 100, d, nil) }},
+		{"rpc", func(tr transport) (*workloadResult, error) { return runRPC(tr, d, nil) }},
+	}
+	for _, w := range workloads {
+		t.Run(w.name+"/polymux", func(t *testing.T) {
+			checkLeaks(t)
+			mt, err := newMuxTransport(polymux.Yamux)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			r, err := w.run(mt)
+			took := time.Since(start)
+			mt.settle(2 * time.Second)
+			cs, ss := mt.client.NumStreams(), mt.server.NumStreams()
+			if err := mt.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkResult(t, r, w.name, took, d)
+			if cs != 0 || ss != 0 {
+				t.Errorf("streams still open after the workload: client %d, server %d", cs, ss)
+			}
+		})
+		t.Run(w.name+"/tcp", func(t *testing.T) {
+			checkLeaks(t)
+			tt, err := newTCPTransport()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tt.Close()
+			start := time.Now()
+			r, err := w.run(tt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkResult(t, r, w.name, time.Since(start), d)
+		})
+	}
+}
+
+func checkResult(t *testing.T, r *workloadResult, name string, took, d time.Duration) {
+	t.Helper()
+	t.Logf("%s: %+v in %v", name, *r, took)
+	if strings.HasPrefix(name, "rpc") {
+		if r.Ops <= 0 || r.OpsPerSec <= 0 || r.P50 <= 0 || r.P99 < r.P50 {
+			t.Errorf("rpc result %+v: want ops > 0 and 0 < p50 <= p99", *r)
+		}
+	} else if r.Bytes <= 0 || r.MBps <= 0 {
+		t.Errorf("bulk result %+v: want bytes > 0", *r)
+	}
+	if r.Seconds < d.Seconds() {
+		t.Errorf("measured %.3fs, shorter than the duration %v", r.Seconds, d)
+	}
+	if took > d+2*time.Second {
+		t.Errorf("workload took %v for a %v duration: it did not stop promptly", took, d)
+	}
+}
+
+func TestBenchCommand(t *testing.T) {
+	checkLeaks(t)
+	var out, errb bytes.Buffer
+	code := benchMain([]string{"-duration", "100ms", "-streams", "4"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit status %d\nstdout:\n%s\nstderr:\n%s", code, &out, &errb)
+	}
+	t.Logf("stdout:\n%s", &out)
+	for _, want := range []string{
+		"polymux bench: protocol yamux",
+		"workload", "polymux", "raw TCP", "ratio",
+		"bulk 1 stream", "bulk 4 streams", "rpc open+echo", "p50", "p99",
+		"session",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "error") {
+		t.Errorf("output reports an error")
+	}
+	if !strings.Contains(errb.String(), "\r") {
+		t.Errorf("no progress line on stderr: %q", &errb)
+	}
+}
+
+func TestBenchJSON(t *testing.T) {
+	checkLeaks(t)
+	var out, errb bytes.Buffer
+	code := benchMain([]string{"-json", "-duration", "100ms", "-streams", "2", "-size", "1000"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit status %d\nstdout:\n%s\nstderr:\n%s", code, &out, &errb)
+	}
+	var doc benchOutput
+	if err := json.Unmarshal(out.Bytes(), &doc); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, &out)
+	}
+	if len(doc.Runs) != 1 || doc.Runs[0].Protocol != "yamux" || len(doc.Runs[0].Workloads) != 3 {
+		t.Fatalf("unexpected document:\n%s", &out)
+	}
+	for _, w := range doc.Runs[0].Workloads {
+		if w.Polymux == nil || w.TCP == nil || w.Ratio <= 0 || w.Error != "" {
+			t.Errorf("workload %q: incomplete result %+v", w.Name, w)
+		}
+	}
+	if doc.Streams != 2 || doc.WriteSize != 1000 {
+		t.Errorf("flags not recorded: %+v", doc)
+	}
+}
+
+func TestBenchAllProtocols(t *testing.T) {
+	checkLeaks(t)
+	var out, errb bytes.Buffer
+	code := benchMain([]string{"-protocol", "all", "-duration", "50ms", "-streams", "2"}, &out, &errb)
+	// This test checks the command, not every protocol: a workload that
+	// fails on a protocol still in progress is logged, and must make the
+	// exit status 1 with the error in the table.
+	failed := strings.Contains(out.String(), "error: ")
+	if failed {
+		t.Logf("a workload failed (exit status %d):\n%s", code, &out)
+	}
+	if want := map[bool]int{false: 0, true: 1}[failed]; code != want {
+		t.Fatalf("exit status %d, want %d\nstdout:\n%s\nstderr:\n%s", code, want, &out, &errb)
+	}
+	for _, p := range allProtocols {
+		ran := strings.Contains(out.String(), fmt.Sprintf("polymux bench: protocol %v ", p))
+		skipped := strings.Contains(out.String(), fmt.Sprintf("protocol %v: not supported yet: ", p))
+		if ran == skipped {
+			t.Errorf("protocol %v: want either a table or \"not supported yet\"\n%s", p, &out)
+		}
+	}
+	if !strings.Contains(out.String(), "polymux bench: protocol yamux ") {
+		t.Errorf("yamux did not run:\n%s", &out)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string // in stdout+stderr
+	}{
+		{nil, 2, "bench"},
+		{[]string{"-h"}, 0, "bench"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"bench", "-h"}, 0, "-duration"},
+		{[]string{"help", "bench"}, 0, "-streams"},
+		{[]string{"bench", "-protocol", "carrier-pigeon"}, 2, "unknown protocol"},
+		{[]string{"bench", "-streams", "0"}, 2, "-streams"},
+		{[]string{"bench", "extra"}, 2, "unexpected argument"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(tc.args, &out, &errb)
+		all := out.String() + errb.String()
+		if code != tc.code || !strings.Contains(all, tc.want) {
+			t.Errorf("run(%q) = %d, output %q; want %d and output containing %q", tc.args, code, all, tc.code, tc.want)
+		}
+	}
+}
