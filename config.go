@@ -93,6 +93,11 @@ type Config struct {
 	// for the peer's close before it is reset; < 0 disables. Default 5 min.
 	StreamCloseTimeout time.Duration
 
+	// DetectTimeout bounds how long a server in Auto mode waits for the
+	// client's first bytes to tell its protocol; the connection is closed
+	// if none arrive in time. Default 10 s.
+	DetectTimeout time.Duration
+
 	// Logger receives session events; nil discards them.
 	Logger *slog.Logger
 }
@@ -110,6 +115,7 @@ const (
 	defaultWriteTimeout       = 10 * time.Second
 	defaultStreamOpenTimeout  = 75 * time.Second
 	defaultStreamCloseTimeout = 5 * time.Minute
+	defaultDetectTimeout      = 10 * time.Second
 	// maxFrameSizeLimit is the largest MaxFrameSize accepted: bigger frames
 	// only hurt the latency of other streams.
 	maxFrameSizeLimit = 16<<20 - 1
@@ -137,6 +143,7 @@ func (c *Config) fill() {
 	setDefault(&c.WriteTimeout, defaultWriteTimeout)
 	setDefault(&c.StreamOpenTimeout, defaultStreamOpenTimeout)
 	setDefault(&c.StreamCloseTimeout, defaultStreamCloseTimeout)
+	setDefault(&c.DetectTimeout, defaultDetectTimeout)
 }
 
 func setDefault[T comparable](field *T, def T) {
@@ -171,6 +178,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("polymux: Config.MaxFrameSize must be within [1024, %d], got %d", maxFrameSizeLimit, d.MaxFrameSize)
 	case d.KeepAliveTimeout < 0:
 		return fmt.Errorf("polymux: Config.KeepAliveTimeout must not be negative, got %v", d.KeepAliveTimeout)
+	case d.DetectTimeout < 0:
+		return fmt.Errorf("polymux: Config.DetectTimeout must not be negative, got %v", d.DetectTimeout)
 	case d.WriteTimeout < 0:
 		return fmt.Errorf("polymux: Config.WriteTimeout must not be negative, got %v", d.WriteTimeout)
 	}

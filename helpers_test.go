@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -78,7 +79,7 @@ func tcpPair(t testing.TB) (net.Conn, net.Conn) {
 }
 
 // protocols lists the protocols every session test runs over.
-var protocols = []Protocol{Yamux}
+var protocols = []Protocol{Yamux, SmuxV1, SmuxV2, MuxadoV2}
 
 // env is one combination a session test runs in.
 type env struct {
@@ -97,6 +98,15 @@ func forEach(t *testing.T, f func(t *testing.T, e env)) {
 			})
 		}
 	}
+}
+
+// caps returns the capabilities of the environment's protocol.
+func (e env) caps() *wire.Caps {
+	c, err := codecFor(e.proto)
+	if err != nil {
+		panic(err)
+	}
+	return c.Caps()
 }
 
 // cfg returns a config for the environment's protocol, adjusted by mod.
@@ -343,6 +353,28 @@ func (p *rawPeer) expect(what string, match func(wire.Frame) bool) wire.Frame {
 			return f
 		}
 	}
+}
+
+// fillUntilBlocked writes to st until a write cannot complete within
+// 100 ms: the window, or the connection, is full.
+func fillUntilBlocked(t testing.TB, st *Stream) int {
+	t.Helper()
+	total := 0
+	buf := make([]byte, 256<<10)
+	for range 1024 {
+		st.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := st.Write(buf)
+		total += n
+		if errors.Is(err, ErrTimeout) {
+			st.SetWriteDeadline(time.Time{})
+			return total
+		}
+		if err != nil {
+			t.Fatalf("filling stream %d: %v", st.ID(), err)
+		}
+	}
+	t.Fatalf("stream %d accepted %d bytes without blocking", st.ID(), total)
+	return 0
 }
 
 // drain reads and discards everything until the connection ends.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,14 @@ type Session struct {
 	br       *bufio.Reader
 	w        writer
 	epoch    time.Time // origin of the monotonic clock in nanoseconds
+	// detected is closed once proto, codec, caps, frameMax and nextID are
+	// set: at once, or after a server in Auto mode has seen the client's
+	// first bytes. Those fields are read only after it is closed.
+	detected chan struct{}
+	// onReady, if set, is called once by the read loop when the protocol
+	// is known (err nil) or could not be detected.
+	onReady  func(*Session, error)
+	budgetCh chan struct{} // signalled when buffered bytes are released
 
 	mu            sync.Mutex // guards the fields below
 	streams       map[uint32]*Stream
@@ -90,6 +99,12 @@ func Client(conn net.Conn, cfg *Config) (*Session, error) { return newSession(co
 func Server(conn net.Conn, cfg *Config) (*Session, error) { return newSession(conn, cfg, false) }
 
 func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
+	return startSession(conn, cfg, client, nil)
+}
+
+// startSession starts a session; onReady is called from its read loop once
+// the protocol is known or detection failed.
+func startSession(conn net.Conn, cfg *Config, client bool, onReady func(*Session, error)) (*Session, error) {
 	if cfg == nil {
 		cfg = DefaultConfig()
 	}
@@ -98,25 +113,17 @@ func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
 	}
 	c := *cfg
 	c.fill()
-	proto := c.Protocol
-	if proto == Auto {
-		proto = Yamux
-	}
-	codec, err := codecFor(proto)
-	if err != nil {
-		return nil, err
-	}
 	s := &Session{
 		conn:       conn,
 		cfg:        c,
-		proto:      proto,
-		codec:      codec,
-		caps:       codec.Caps(),
 		client:     client,
 		log:        c.Logger,
 		budget:     flow.NewBudget(c.MaxSessionBuffer),
 		br:         bufio.NewReaderSize(conn, readBufferSize),
 		epoch:      time.Now(),
+		detected:   make(chan struct{}),
+		onReady:    onReady,
+		budgetCh:   make(chan struct{}, 1),
 		streams:    make(map[uint32]*Stream),
 		acceptCh:   make(chan struct{}, 1),
 		unackedCh:  make(chan struct{}, 1),
@@ -127,11 +134,16 @@ func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	s.frameMax = min(c.MaxFrameSize, int(min(s.caps.MaxPayload, maxFrameSizeLimit)))
-	if client {
-		s.nextID = s.caps.FirstID[0]
-	} else {
-		s.nextID = s.caps.FirstID[1]
+	if c.Protocol != Auto || client {
+		proto := c.Protocol
+		if proto == Auto {
+			proto = Yamux
+		}
+		codec, err := codecFor(proto)
+		if err != nil {
+			return nil, err
+		}
+		s.setCodec(proto, codec)
 	}
 	s.w.init(s)
 	go s.w.run()
@@ -139,13 +151,70 @@ func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
 	return s, nil
 }
 
+// setCodec fixes the session's protocol and closes detected.
+func (s *Session) setCodec(proto Protocol, codec wire.Codec) {
+	s.proto = proto
+	s.codec = codec
+	s.caps = codec.Caps()
+	s.frameMax = min(s.cfg.MaxFrameSize, int(min(s.caps.MaxPayload, maxFrameSizeLimit)))
+	if s.client {
+		s.nextID = s.caps.FirstID[0]
+	} else {
+		s.nextID = s.caps.FirstID[1]
+	}
+	close(s.detected)
+}
+
+// isDetected reports whether the protocol is known.
+func (s *Session) isDetected() bool { return isClosed(s.detected) }
+
+// detect peeks at the client's first bytes, within DetectTimeout, and
+// picks the protocol they belong to. Nothing is consumed.
+func (s *Session) detect() error {
+	s.conn.SetReadDeadline(time.Now().Add(s.cfg.DetectTimeout))
+	b, err := s.br.Peek(wire.DetectLen)
+	s.conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("%w: no protocol detected: the client sent %d bytes within %v", ErrSessionClosed, len(b), s.cfg.DetectTimeout)
+		}
+		return fmt.Errorf("%w: detecting the protocol: %w", ErrSessionClosed, err)
+	}
+	codec, err := wire.Detect(b)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	proto, _ := ParseProtocol(codec.Name())
+	s.setCodec(proto, codec)
+	s.log.Debug("polymux: protocol detected", "protocol", proto, "remote", s.conn.RemoteAddr())
+	return nil
+}
+
+// waitDetected waits until the protocol is known.
+func (s *Session) waitDetected(ctx context.Context) error {
+	select {
+	case <-s.detected:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closing:
+		return s.closedErr()
+	}
+}
+
 // codecFor returns the codec of a protocol.
 func codecFor(p Protocol) (wire.Codec, error) {
 	switch p {
 	case Yamux:
 		return wire.Yamux(), nil
+	case SmuxV1:
+		return wire.Smux(1), nil
+	case SmuxV2:
+		return wire.Smux(2), nil
+	case MuxadoV2:
+		return wire.Muxado(), nil
 	}
-	return nil, fmt.Errorf("polymux: protocol %v is not supported yet", p)
+	return nil, fmt.Errorf("polymux: no codec for protocol %v", p)
 }
 
 // now is a monotonic clock in nanoseconds.
@@ -153,8 +222,12 @@ func (s *Session) now() int64 { return int64(time.Since(s.epoch)) }
 
 // OpenStream opens a new stream. It returns as soon as the open is queued:
 // data may be written at once. With yamux it waits (bounded by ctx) while
-// AcceptBacklog streams of this side await the peer's acknowledgement.
+// AcceptBacklog streams of this side await the peer's acknowledgement. On a
+// server still detecting the client's protocol, it waits for detection.
 func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
+	if err := s.waitDetected(ctx); err != nil {
+		return nil, err
+	}
 	for {
 		s.mu.Lock()
 		if err := s.openErr(); err != nil {
@@ -310,7 +383,9 @@ func (s *Session) forget(st *Stream) {
 
 // GoAway tells the peer to open no more streams; streams already open
 // finish normally, and streams the peer opens later are refused. Note that
-// libp2p's go-yamux closes its whole session when it receives GoAway.
+// libp2p's go-yamux closes its whole session when it receives GoAway. smux
+// has no GoAway frame: there it returns an error wrapping
+// errors.ErrUnsupported, and the peer learns only from the refusals.
 func (s *Session) GoAway() error {
 	s.mu.Lock()
 	if s.IsClosed() {
@@ -321,9 +396,13 @@ func (s *Session) GoAway() error {
 	s.localGoAway = true
 	last := s.lastPeerID
 	s.mu.Unlock()
-	if !already && s.caps.GoAway {
-		s.w.queueGoAway(wire.CodeNone, last)
+	if !s.isDetected() || already {
+		return nil // streams the client opens will be refused
 	}
+	if !s.caps.GoAway {
+		return fmt.Errorf("polymux: GoAway on %v: %w (streams the peer opens from now on are refused)", s.proto, errors.ErrUnsupported)
+	}
+	s.w.queueGoAway(wire.CodeNone, last)
 	return nil
 }
 
@@ -331,6 +410,9 @@ func (s *Session) GoAway() error {
 // Concurrent calls share one ping. It returns errors.ErrUnsupported where
 // the protocol has no ping reply.
 func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
+	if err := s.waitDetected(ctx); err != nil {
+		return 0, err
+	}
 	if !s.caps.PingReply {
 		return 0, fmt.Errorf("polymux: ping on %v: %w", s.proto, errors.ErrUnsupported)
 	}
@@ -404,8 +486,14 @@ func (s *Session) NumStreams() int {
 	return len(s.streams)
 }
 
-// Protocol returns the wire protocol in use.
-func (s *Session) Protocol() Protocol { return s.proto }
+// Protocol returns the wire protocol in use: Auto while a server is still
+// detecting it.
+func (s *Session) Protocol() Protocol {
+	if !s.isDetected() {
+		return Auto
+	}
+	return s.proto
+}
 
 // Addr returns the local address of the connection (net.Listener).
 func (s *Session) Addr() net.Addr { return s.conn.LocalAddr() }
@@ -419,7 +507,7 @@ func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 // Stats returns a snapshot of the session's counters.
 func (s *Session) Stats() Stats {
 	return Stats{
-		Protocol:        s.proto,
+		Protocol:        s.Protocol(),
 		ActiveStreams:   s.NumStreams(),
 		StreamsOpened:   s.nOpened.Load(),
 		StreamsAccepted: s.nAccepted.Load(),
@@ -465,17 +553,22 @@ func (s *Session) shutdown(err error, code wire.Code) {
 			err = fmt.Errorf("%w: %w", ErrSessionClosed, err)
 		}
 		s.err.Store(&err)
-		if s.caps.GoAway {
+		if s.isDetected() && s.caps.GoAway {
 			s.mu.Lock()
 			last := s.lastPeerID
 			s.mu.Unlock()
 			s.w.queueGoAway(code, last)
 		}
 		close(s.closing)
+		// Cut short a write stuck on a peer that does not read, leaving the
+		// writer a moment for the GoAway.
+		s.w.dlMu.Lock()
+		s.conn.SetWriteDeadline(time.Now().Add(goAwayWait))
+		s.w.dlMu.Unlock()
 		if code == wire.CodeNone {
-			s.log.Debug("polymux: session closing", "protocol", s.proto, "reason", err)
+			s.log.Debug("polymux: session closing", "protocol", s.Protocol(), "reason", err)
 		} else {
-			s.log.Warn("polymux: session closing", "protocol", s.proto, "reason", err)
+			s.log.Warn("polymux: session closing", "protocol", s.Protocol(), "remote", s.conn.RemoteAddr(), "reason", err)
 		}
 	})
 }
@@ -484,6 +577,18 @@ func (s *Session) shutdown(err error, code wire.Code) {
 // session ends, then waits for the writer and wakes everything blocked.
 func (s *Session) readLoop() {
 	defer s.finish()
+	if !s.isDetected() {
+		if err := s.detect(); err != nil {
+			s.shutdown(err, wire.CodeProtocol)
+			if s.onReady != nil {
+				s.onReady(s, err)
+			}
+			return
+		}
+	}
+	if s.onReady != nil {
+		s.onReady(s, nil)
+	}
 	for {
 		f, err := s.codec.ReadFrame(s.br)
 		if err != nil {
@@ -665,6 +770,9 @@ func (st *Stream) credit(f wire.Frame) error {
 	case wire.WindowDelta:
 		err = st.swin.Grow(f.Value)
 	case wire.WindowAbsolute:
+		if f.Flags != 0 {
+			return nil // SYN and FIN carry no window: only a plain update does
+		}
 		err = st.swin.Update(f.Value, f.Window)
 	default:
 		return nil
@@ -741,6 +849,14 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 	s.backlogTail = st
 	s.backlogLen++
 	s.mu.Unlock()
+	if !s.caps.AckOpens && s.caps.Window != wire.WindowNone && st.rwin.UpdateDue(true) {
+		// A window larger than the protocol's default is granted at once
+		// (with yamux, the ACK carries it).
+		st.mu.Lock()
+		st.needUpdate = true
+		s.w.queueCtrl(st)
+		st.mu.Unlock()
+	}
 	s.nAccepted.Add(1)
 	notify(s.acceptCh)
 	return st, nil
@@ -771,14 +887,31 @@ func (s *Session) receive(st *Stream, n uint32) error {
 		if st.closed && s.caps.Reset {
 			return s.resetOnReceive(st, n, wire.CodeStreamClosed, ErrStreamClosed)
 		}
-		st.rwin.Read(n)
-		st.maybeUpdate(false)
+		if s.caps.Window != wire.WindowNone {
+			st.rwin.Read(n)
+			st.maybeUpdate(false)
+		}
 		st.mu.Unlock()
 		return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
 	}
-	if !s.budget.TryAcquire(int64(n)) {
-		s.log.Warn("polymux: session buffer full, resetting stream", "stream", st.id, "buffered", s.budget.Used())
-		return s.resetOnReceive(st, n, wire.CodeFlowControl, ErrStreamReset)
+	for !s.budget.TryAcquire(int64(n)) {
+		if s.caps.Reset {
+			s.log.Warn("polymux: session buffer full, resetting stream", "stream", st.id, "buffered", s.budget.Used())
+			return s.resetOnReceive(st, n, wire.CodeFlowControl, ErrStreamReset)
+		}
+		// Without RST (smux) the only bound is to stop reading the
+		// connection until the application reads: the protocol's own limit.
+		st.mu.Unlock()
+		select {
+		case <-s.budgetCh:
+		case <-s.closing:
+			return s.closedErr()
+		}
+		st.mu.Lock()
+		if st.err != nil || st.readShut {
+			st.mu.Unlock()
+			return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
+		}
 	}
 	remaining := int(n)
 	for remaining > 0 {
@@ -792,7 +925,7 @@ func (s *Session) receive(st *Stream, n uint32) error {
 		remaining -= k
 		if err != nil {
 			st.mu.Unlock()
-			s.budget.Release(int64(remaining))
+			s.release(remaining)
 			return fmt.Errorf("%w: read: %w", ErrSessionClosed, err)
 		}
 		if st.err != nil || st.readShut {
@@ -802,9 +935,9 @@ func (s *Session) receive(st *Stream, n uint32) error {
 			if st.err == nil {
 				st.consumed(dropped)
 			} else {
-				s.budget.Release(int64(dropped))
+				s.release(dropped)
 			}
-			s.budget.Release(int64(remaining))
+			s.release(remaining)
 			st.mu.Unlock()
 			return s.skip(wire.Frame{Type: wire.TypeData, Length: uint32(remaining)})
 		}
@@ -812,6 +945,14 @@ func (s *Session) receive(st *Stream, n uint32) error {
 	}
 	st.mu.Unlock()
 	return nil
+}
+
+// release returns n buffered bytes to the session budget.
+func (s *Session) release(n int) {
+	if n > 0 {
+		s.budget.Release(int64(n))
+		notify(s.budgetCh)
+	}
 }
 
 // resetOnReceive resets st because of a data frame of n bytes, whose

@@ -147,9 +147,12 @@ func (s *Stream) consumed(n int) {
 	if n == 0 {
 		return
 	}
+	s.sess.release(n)
+	if s.sess.caps.Window == wire.WindowNone {
+		return
+	}
 	s.rwin.Read(uint32(n))
-	s.sess.budget.Release(int64(n))
-	if s.sess.caps.Window != wire.WindowNone && !s.finRecv && s.err == nil {
+	if !s.finRecv && s.err == nil {
 		s.maybeUpdate(false)
 	}
 }
@@ -345,7 +348,7 @@ func (s *Stream) fail(err error) {
 	s.err = err
 	n := s.recv.len()
 	s.recv.discard(n)
-	s.sess.budget.Release(int64(n))
+	s.sess.release(n)
 	if s.inflight == 0 {
 		s.send.discard(s.send.len())
 	}

@@ -23,6 +23,10 @@ const (
 	maxRefusals = 1024
 	// goAwayWait bounds how long Close spends on the final GoAway.
 	goAwayWait = 250 * time.Millisecond
+	// nopInterval is how often a NOP goes out on a connection this side
+	// has left silent, for protocols whose peers time out silent sessions
+	// (smux closes after 30 s without a frame).
+	nopInterval = 10 * time.Second
 )
 
 // refusal is a reset (or, without RST, a FIN) for a stream not in the
@@ -54,6 +58,7 @@ type writer struct {
 	goAway     bool
 	goAwayCode wire.Code
 	goAwayLast uint32
+	nop        bool
 	refusals   []refusal
 	front      []*Stream // spare for requeue
 
@@ -74,6 +79,7 @@ type writer struct {
 	dlMu                     sync.Mutex // orders deadline changes with shutdown
 	probing                  bool       // a keepalive probe is unanswered
 	probeAt                  int64
+	lastSend                 int64 // s.now() of the last write to the connection
 }
 
 func (w *writer) init(s *Session) {
@@ -152,6 +158,14 @@ func (w *writer) queueRefusal(id uint32, code wire.Code) {
 func (w *writer) run() {
 	s := w.s
 	defer close(s.writerDone)
+	select {
+	case <-s.detected:
+	case <-s.closing:
+		if !s.isDetected() { // closed before a protocol was known: no GoAway
+			s.conn.Close()
+			return
+		}
+	}
 	ka := w.keepaliveTimer()
 	var kaC <-chan time.Time
 	if ka != nil {
@@ -243,6 +257,10 @@ func (w *writer) fill() int {
 	if w.goAway {
 		w.goAway = false
 		w.sessCtrl = append(w.sessCtrl, wire.Frame{Type: wire.TypeGoAway, Value: uint32(w.goAwayCode), LastID: w.goAwayLast})
+	}
+	if w.nop {
+		w.nop = false
+		w.sessCtrl = append(w.sessCtrl, wire.Frame{Type: wire.TypeNop})
 	}
 	if w.pingQueued {
 		w.pingQueued = false
@@ -417,6 +435,7 @@ func (w *writer) flush() error {
 		notify(st.writeCh)
 	}
 	if err == nil {
+		w.lastSend = w.s.now()
 		w.s.nBytesSent.Add(uint64(w.dataBytes))
 		w.s.nFramesSent.Add(uint64(w.frames))
 	}
@@ -450,42 +469,85 @@ func (w *writer) write() error {
 	return err
 }
 
-// keepaliveTimer returns the keepalive timer, or nil when keepalive is off
-// or the protocol has no way to probe.
+// keepaliveTimer returns the keepalive timer, or nil when there is
+// nothing to do: keepalive is off, or the protocol can neither probe nor
+// needs NOPs (muxado).
 func (w *writer) keepaliveTimer() *time.Timer {
-	s := w.s
-	if s.cfg.KeepAliveInterval < 0 || !(s.caps.PingReply || s.caps.KeepAliveNop) {
+	if !w.s.caps.KeepAliveNop && !w.probes() {
 		return nil
 	}
-	return time.NewTimer(s.cfg.KeepAliveInterval)
+	return time.NewTimer(min(w.nopEvery(), time.Duration(max(w.s.cfg.KeepAliveInterval, 0))))
 }
 
-// keepalive runs when the keepalive timer fires: any frame received counts
-// as proof of life, so a probe goes out only after KeepAliveInterval of
-// silence, and the session ends if KeepAliveTimeout more passes with
-// nothing received.
+// probes reports whether this session checks its peer's liveness.
+func (w *writer) probes() bool {
+	s := w.s
+	return s.cfg.KeepAliveInterval >= 0 && (s.caps.PingReply || s.caps.KeepAliveNop)
+}
+
+// nopEvery is how often NOPs go out on a silent connection.
+func (w *writer) nopEvery() time.Duration {
+	if i := w.s.cfg.KeepAliveInterval; i > 0 && i < nopInterval {
+		return i
+	}
+	return nopInterval
+}
+
+// keepalive runs when the keepalive timer fires. It sends a NOP when this
+// side has been silent (for protocols that need them), checks the peer's
+// liveness, and re-arms the timer for the next of those two moments.
 func (w *writer) keepalive(t *time.Timer) {
 	s := w.s
-	now, last := s.now(), s.lastRecv.Load()
+	now := s.now()
+	next := int64(1<<63 - 1)
+	if s.caps.KeepAliveNop {
+		every := int64(w.nopEvery())
+		if now-w.lastSend >= every {
+			w.mu.Lock()
+			w.nop = true
+			w.mu.Unlock()
+			w.lastSend = now
+		}
+		next = w.lastSend + every
+	}
+	if w.probes() {
+		at, alive := w.liveness(now)
+		if !alive {
+			s.shutdown(ErrKeepAliveTimeout, wire.CodeNone)
+			return
+		}
+		next = min(next, at)
+	}
+	t.Reset(time.Duration(max(next-now, 0)))
+}
+
+// liveness treats any frame received as proof of life: a probe goes out
+// only after KeepAliveInterval of silence, and the peer is dead if
+// KeepAliveTimeout more passes with nothing received. It returns when to
+// check next, and false if the peer is dead.
+func (w *writer) liveness(now int64) (int64, bool) {
+	s := w.s
+	last := s.lastRecv.Load()
 	interval, timeout := int64(s.cfg.KeepAliveInterval), int64(s.cfg.KeepAliveTimeout)
 	if w.probing {
 		if last < w.probeAt {
 			if now-w.probeAt >= timeout {
-				s.shutdown(ErrKeepAliveTimeout, wire.CodeNone)
-				return
+				return 0, false
 			}
-			t.Reset(time.Duration(w.probeAt + timeout - now))
-			return
+			return w.probeAt + timeout, true
 		}
 		w.probing = false
 	}
 	if now-last < interval {
-		t.Reset(time.Duration(last + interval - now))
-		return
+		return last + interval, true
 	}
 	w.probing, w.probeAt = true, now
 	if s.caps.PingReply {
 		s.startPing()
+	} else {
+		w.mu.Lock()
+		w.nop = true
+		w.mu.Unlock()
 	}
-	t.Reset(time.Duration(timeout))
+	return now + timeout, true
 }
