@@ -1,0 +1,387 @@
+package polymux
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/polymux/polymux/internal/wire"
+)
+
+func TestAutoServerDetectsEachProtocol(t *testing.T) {
+	for _, p := range protocols {
+		for _, tr := range transports {
+			t.Run(p.String()+"/"+tr.name, func(t *testing.T) {
+				checkLeaks(t)
+				e := env{p, tr}
+				cli, srv := e.pair(t, nil, &Config{Protocol: Auto})
+				if got := srv.Protocol(); got != Auto {
+					t.Fatalf("Protocol() before the client spoke = %v, want auto", got)
+				}
+				a, b := openAccept(t, cli, srv)
+				if got := srv.Protocol(); got != p {
+					t.Fatalf("detected %v, want %v", got, p)
+				}
+				if got := srv.Stats().Protocol; got != p {
+					t.Fatalf("Stats().Protocol = %v, want %v", got, p)
+				}
+				go echo(b)
+				if err := roundTrip(a, randomBytes(100<<10)); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
+
+func TestAutoServerOpenStreamWaitsForDetection(t *testing.T) {
+	checkLeaks(t)
+	e := env{SmuxV2, transports[1]}
+	cli, srv := e.pair(t, nil, &Config{Protocol: Auto})
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := srv.OpenStream(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("OpenStream before detection: %v, want the context's deadline", err)
+	}
+	opened := make(chan *Stream, 1)
+	go func() {
+		st, err := srv.OpenStream(ctx(t))
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- st
+	}()
+	a, _ := openAccept(t, cli, srv) // the client speaks first
+	defer a.Close()
+	st := <-opened
+	b, err := cli.AcceptStream(ctx(t))
+	if err != nil || b.ID() != st.ID() || st.ID()%2 != 0 {
+		t.Fatalf("server-opened stream %v accepted as %v (%v)", st, b, err)
+	}
+}
+
+func TestAutoServerDetectsALargeFirstMuxadoFrame(t *testing.T) {
+	checkLeaks(t)
+	c1, c2 := net.Pipe()
+	srv, err := Server(c2, &Config{Protocol: Auto})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer c1.Close()
+	// muxado opens lazily: its SYN rides on the first data, here 100 KiB,
+	// so the frame's first byte is not zero.
+	payload := randomBytes(100 << 10)
+	hdr, err := wire.Muxado().AppendFrame(nil, wire.Frame{Type: wire.TypeData, Flags: wire.FlagSYN, Stream: 3, Length: uint32(len(payload))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go c1.Write(append(hdr, payload...))
+	go io.Copy(io.Discard, c1)
+	st, err := srv.AcceptStream(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(payload))
+	if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("reading the first frame: %v", err)
+	}
+	if srv.Protocol() != MuxadoV2 {
+		t.Fatalf("detected %v", srv.Protocol())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes (log output).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestListenerServesEveryProtocolOnOnePort(t *testing.T) {
+	checkLeaks(t)
+	ln, err := Listen("tcp", "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var wg sync.WaitGroup
+	clientsDone := make(chan struct{})
+	served := make(chan Protocol, len(protocols))
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var sessions []*Session
+		defer func() {
+			for _, s := range sessions {
+				s.Close()
+			}
+		}()
+		for range protocols {
+			s, err := ln.Accept()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			sessions = append(sessions, s)
+			served <- s.Protocol()
+			st, err := s.AcceptStream(ctx(t))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			go echo(st)
+		}
+		// Keep the sessions open until every client is done.
+		<-clientsDone
+	}()
+	var clients sync.WaitGroup
+	for _, p := range protocols {
+		clients.Add(1)
+		go func() {
+			defer clients.Done()
+			s, err := Dial("tcp", ln.Addr().String(), &Config{Protocol: p})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer s.Close()
+			st, err := s.OpenStream(ctx(t))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if err := roundTrip(st, randomBytes(64<<10)); err != nil {
+				t.Errorf("%v: %v", p, err)
+			}
+		}()
+	}
+	clients.Wait()
+	close(clientsDone)
+	wg.Wait()
+	seen := map[Protocol]bool{}
+	for range protocols {
+		seen[<-served] = true
+	}
+	for _, p := range protocols {
+		if !seen[p] {
+			t.Errorf("no session detected as %v (saw %v)", p, seen)
+		}
+	}
+	ln.Close()
+}
+
+func TestListenerBadClientsNeverDelayGoodOnes(t *testing.T) {
+	checkLeaks(t)
+	var logs syncBuffer
+	cfg := &Config{
+		Protocol:      Auto,
+		DetectTimeout: 500 * time.Millisecond,
+		Logger:        slog.New(slog.NewTextHandler(&logs, nil)),
+	}
+	ln, err := Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dial := func(first []byte) net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if len(first) > 0 {
+			if _, err := c.Write(first); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return c
+	}
+	garbage := dial([]byte{0x16, 0x03, 0x01, 0x02, 0x00}) // a TLS ClientHello
+	silent := dial(nil)
+	stalled := dial([]byte{0x00}) // one byte, then nothing
+	good, err := Dial("tcp", ln.Addr().String(), &Config{Protocol: Yamux})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	if _, err := good.OpenStream(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Protocol() != Yamux {
+		t.Fatalf("accepted %v", s.Protocol())
+	}
+	// The good client was served while the slow ones were still waiting.
+	for name, c := range map[string]net.Conn{"silent": silent, "stalled": stalled} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("%s connection already ended (%v) before its DetectTimeout", name, err)
+		}
+	}
+	// Every bad connection is closed: garbage at once, the others after
+	// DetectTimeout.
+	for name, c := range map[string]net.Conn{"garbage": garbage, "silent": silent, "stalled": stalled} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("%s connection not closed by the server: %v", name, err)
+		}
+	}
+	if !strings.Contains(logs.String(), "unknown protocol: first bytes 16 03 01 02") {
+		t.Fatalf("garbage not reported in the log:\n%s", logs.String())
+	}
+}
+
+func TestListenerCloseEndsSessionsNotYetAccepted(t *testing.T) {
+	checkLeaks(t)
+	ln, err := Listen("tcp", "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	ready, err := Dial("tcp", ln.Addr().String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ready.Close()
+	if _, err := ready.OpenStream(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	within(t, 5*time.Second, "Listener.Close", func() { ln.Close() })
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after Close: %v", err)
+	}
+	select {
+	case <-ready.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a session waiting for Accept survived Listener.Close")
+	}
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, silent); err != nil {
+		t.Fatalf("a connection still detecting survived Listener.Close: %v", err)
+	}
+}
+
+func TestListenerRejectsAnInvalidConfig(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := NewListener(inner, &Config{MaxFrameSize: 1})
+	defer ln.Close()
+	if _, err := ln.Accept(); err == nil || !strings.Contains(err.Error(), "MaxFrameSize") {
+		t.Fatalf("Accept with an invalid config: %v", err)
+	}
+	if _, err := Listen("tcp", "127.0.0.1:0", &Config{AcceptBacklog: -1}); err == nil {
+		t.Fatal("Listen accepted a negative AcceptBacklog")
+	}
+}
+
+func TestDialAndListenOverTLS(t *testing.T) {
+	checkLeaks(t)
+	cert := selfSigned(t)
+	ln, err := ListenTLS("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		st, err := s.AcceptStream(ctx(t))
+		if err != nil {
+			return
+		}
+		echo(st)
+		<-s.Done()
+	}()
+	pool := x509.NewCertPool()
+	pool.AddCert(cert.Leaf)
+	s, err := DialTLS("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.OpenStream(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(st, randomBytes(200<<10)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDialContextHonoursItsContext(t *testing.T) {
+	c, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := DialContext(c, "tcp", "127.0.0.1:1", nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("DialContext with a cancelled context: %v", err)
+	}
+}
+
+// selfSigned returns a certificate for 127.0.0.1.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "polymux test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
