@@ -731,9 +731,18 @@ func TestSessionBufferBoundsUnreadDataAcrossStreams(t *testing.T) {
 		if reset != 0 {
 			t.Fatalf("%d streams reset on a protocol without RST", reset)
 		}
+		// Concurrently: with no per-stream windows, a stream's last bytes
+		// may sit behind the other streams' data.
+		errs := make(chan error, len(peers))
 		for i, b := range peers {
-			b.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadFull(b, make([]byte, accepted[i])); err != nil {
+			go func() {
+				b.SetReadDeadline(time.Now().Add(10 * time.Second))
+				_, err := io.ReadFull(b, make([]byte, accepted[i]))
+				errs <- err
+			}()
+		}
+		for i := range peers {
+			if err := <-errs; err != nil {
 				t.Fatalf("stream %d after the stall: %v", i, err)
 			}
 		}
