@@ -20,7 +20,7 @@ import (
 // readBufferSize is the read loop's buffer: large enough to batch many
 // small frames per system call, small enough that large payloads are read
 // straight into stream buffers.
-const readBufferSize = 16 << 10
+const readBufferSize = 64 << 10
 
 // Session is one multiplexed connection. It runs two goroutines (a read
 // loop and a writer) and none per stream. It implements net.Listener, so
