@@ -71,7 +71,9 @@ type Session struct {
 	done          chan struct{}         // closed when every goroutine has exited
 	writerDone    chan struct{}
 	lastRecv      atomic.Int64 // nanoseconds since epoch of the last frame received
-	rtt           atomic.Int64
+	rtt           atomic.Int64 // last measured ping round trip
+	srtt          atomic.Int64 // smoothed round trip, for window tuning
+	nBuffered     atomic.Int64 // received bytes not yet read
 	nOpened       atomic.Uint64
 	nAccepted     atomic.Uint64
 	nRefused      atomic.Uint64
@@ -452,6 +454,7 @@ func (s *Session) pong(id uint32) {
 	}
 	p.rtt = time.Duration(s.now() - p.start)
 	s.rtt.Store(int64(p.rtt))
+	s.observeRTT(p.rtt)
 	close(p.done)
 	s.ping = nil
 }
@@ -516,7 +519,8 @@ func (s *Session) Stats() Stats {
 		BytesReceived:   s.nBytesRecv.Load(),
 		FramesSent:      s.nFramesSent.Load(),
 		FramesReceived:  s.nFramesRecv.Load(),
-		BufferedBytes:   s.budget.Used(),
+		BufferedBytes:   s.nBuffered.Load(),
+		BudgetUsed:      s.budget.Used(),
 		RTT:             time.Duration(s.rtt.Load()),
 	}
 }
@@ -533,6 +537,7 @@ type Stats struct {
 	FramesSent      uint64        // frames of every kind
 	FramesReceived  uint64        // frames of every kind
 	BufferedBytes   int64         // received data not yet read by the application
+	BudgetUsed      int64         // MaxSessionBuffer in use: buffered data plus receive-window growth reserved for it
 	RTT             time.Duration // last measured round trip; 0 when unknown
 }
 
@@ -750,6 +755,7 @@ func (s *Session) handleStream(f wire.Frame) error {
 	if f.Flags&wire.FlagFIN != 0 {
 		st.mu.Lock()
 		st.finRecv = true
+		s.release(int(st.rwin.Finish()))
 		if st.closed && st.closeTimer != nil {
 			st.closeTimer.Stop()
 		}
@@ -866,37 +872,49 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 // straight from the connection. Data the application no longer wants is
 // dropped; a window overrun breaks the protocol (or, where the protocol
 // says so, resets the stream); data past the session budget resets the
-// stream.
+// stream, or, where the protocol cannot reset, waits for the application
+// to read.
 func (s *Session) receive(st *Stream, n uint32) error {
 	s.nBytesRecv.Add(uint64(n))
+	windowed := s.caps.Window != wire.WindowNone
 	st.mu.Lock()
-	if st.err != nil || st.finRecv {
-		st.mu.Unlock()
-		return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
-	}
-	if s.caps.Window != wire.WindowNone {
-		if err := st.rwin.Receive(n); err != nil {
+	for {
+		if st.err != nil || st.finRecv {
+			st.mu.Unlock()
+			return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
+		}
+		if windowed && !st.rwin.Fits(n) {
 			if !s.caps.OverrunResets {
 				st.mu.Unlock()
 				return protocolErr("stream %d: %d bytes beyond the receive window", st.id, n)
 			}
 			return s.resetOnReceive(st, n, wire.CodeFlowControl, ErrStreamReset)
 		}
-	}
-	if st.readShut {
-		if st.closed && s.caps.Reset {
-			return s.resetOnReceive(st, n, wire.CodeStreamClosed, ErrStreamClosed)
+		if st.updAt != 0 {
+			s.observeRTT(time.Duration(s.now() - st.updAt))
+			st.updAt = 0
 		}
-		if s.caps.Window != wire.WindowNone {
+		if st.readShut {
+			if st.closed && s.caps.Reset {
+				return s.resetOnReceive(st, n, wire.CodeStreamClosed, ErrStreamClosed)
+			}
+			// Dropped on arrival: never charged, but the peer gets its
+			// window back.
+			st.rwin.Receive(n)
 			st.rwin.Read(n)
-			st.maybeUpdate(false)
+			if windowed {
+				st.maybeUpdate(false)
+			} else {
+				st.rwin.Update(true)
+			}
+			st.mu.Unlock()
+			return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
 		}
-		st.mu.Unlock()
-		return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
-	}
-	for !s.budget.TryAcquire(int64(n)) {
+		if s.budget.TryAcquire(int64(st.rwin.Charge(n))) {
+			break
+		}
 		if s.caps.Reset {
-			s.log.Warn("polymux: session buffer full, resetting stream", "stream", st.id, "buffered", s.budget.Used())
+			s.log.Warn("polymux: session buffer full, resetting stream", "stream", st.id, "buffered", s.nBuffered.Load())
 			return s.resetOnReceive(st, n, wire.CodeFlowControl, ErrStreamReset)
 		}
 		// Without RST (smux) the only bound is to stop reading the
@@ -908,11 +926,8 @@ func (s *Session) receive(st *Stream, n uint32) error {
 			return s.closedErr()
 		}
 		st.mu.Lock()
-		if st.err != nil || st.readShut {
-			st.mu.Unlock()
-			return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
-		}
 	}
+	st.rwin.Receive(n) // fits: checked above
 	remaining := int(n)
 	for remaining > 0 {
 		dst := st.recv.space(min(remaining, maxChunk))
@@ -922,22 +937,22 @@ func (s *Session) receive(st *Stream, n uint32) error {
 		st.mu.Lock()
 		st.filling = false
 		st.recv.commit(k)
+		s.nBuffered.Add(int64(k))
 		remaining -= k
 		if err != nil {
 			st.mu.Unlock()
-			s.release(remaining)
 			return fmt.Errorf("%w: read: %w", ErrSessionClosed, err)
 		}
 		if st.err != nil || st.readShut {
-			// Reset or CloseRead while the payload was being read: drop it.
+			// Reset or CloseRead while the payload was read: drop it all.
 			dropped := st.recv.len()
 			st.recv.discard(dropped)
-			if st.err == nil {
-				st.consumed(dropped)
+			if st.err != nil {
+				s.nBuffered.Add(-int64(dropped)) // fail released its budget
 			} else {
-				s.release(dropped)
+				st.consumed(dropped)
+				st.forgo(remaining)
 			}
-			s.release(remaining)
 			st.mu.Unlock()
 			return s.skip(wire.Frame{Type: wire.TypeData, Length: uint32(remaining)})
 		}
@@ -946,6 +961,26 @@ func (s *Session) receive(st *Stream, n uint32) error {
 	st.mu.Unlock()
 	return nil
 }
+
+// observeRTT folds a round-trip sample into the smoothed round trip.
+func (s *Session) observeRTT(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	for {
+		old := s.srtt.Load()
+		next := int64(d)
+		if old != 0 {
+			next = old - old/8 + int64(d)/8
+		}
+		if s.srtt.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// smoothedRTT is the smoothed round trip, 0 while unknown.
+func (s *Session) smoothedRTT() time.Duration { return time.Duration(s.srtt.Load()) }
 
 // release returns n buffered bytes to the session budget.
 func (s *Session) release(n int) {

@@ -2,6 +2,7 @@ package polymux
 
 import (
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -46,6 +47,7 @@ type Stream struct {
 	needUpdate bool
 	needRST    bool
 	rstCode    wire.Code
+	updAt      int64 // sess.now() of a window update sent while the peer had no credit
 	acked      bool  // the peer acknowledged this side's open, or none is needed
 	err        error // terminal: reset, refused, or the session ended
 	removed    bool  // forgotten by the session
@@ -61,6 +63,12 @@ type Stream struct {
 
 func newStream(sess *Session, id uint32, local bool) *Stream {
 	c := sess.caps
+	rwin := flow.NewRecv(sess.cfg.InitialStreamWindow, c.InitialWindow)
+	if c.Window == wire.WindowNone {
+		// No window on the wire: only the session budget bounds the data.
+		rwin = flow.NewRecv(math.MaxUint32, math.MaxUint32)
+	}
+	rwin.StartEpoch(time.Duration(sess.now()))
 	st := &Stream{
 		sess:    sess,
 		id:      id,
@@ -69,7 +77,7 @@ func newStream(sess *Session, id uint32, local bool) *Stream {
 		writeCh: make(chan struct{}, 1),
 		rdl:     makeDeadline(),
 		wdl:     makeDeadline(),
-		rwin:    flow.NewRecv(sess.cfg.InitialStreamWindow, c.InitialWindow),
+		rwin:    rwin,
 		swin:    flow.NewSend(c.InitialWindow),
 		acked:   !local || !c.AckOpens,
 	}
@@ -140,31 +148,73 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 }
 
-// consumed accounts n bytes taken out of recv (read or dropped): the
-// session budget gets them back and the peer gets its window back once
-// enough has been read. s.mu must be held.
+// consumed accounts n bytes taken out of recv (read or dropped). s.mu
+// must be held.
 func (s *Stream) consumed(n int) {
 	if n == 0 {
 		return
 	}
-	s.sess.release(n)
+	s.sess.nBuffered.Add(-int64(n))
+	s.forgo(n)
+}
+
+// forgo accounts n bytes counted as received that are now gone (read,
+// dropped, or never stored): the session budget gets back what they held,
+// and the peer its window once enough has gone. s.mu must be held.
+func (s *Stream) forgo(n int) {
+	refund := s.rwin.Refund(uint32(n))
+	s.rwin.Read(uint32(n))
+	s.sess.release(int(refund))
 	if s.sess.caps.Window == wire.WindowNone {
+		s.rwin.Update(true) // nothing to tell the peer
 		return
 	}
-	s.rwin.Read(uint32(n))
 	if !s.finRecv && s.err == nil {
 		s.maybeUpdate(false)
 	}
 }
 
 // maybeUpdate queues a window update if one is due (or, with force, if any
-// credit is owed). s.mu must be held.
+// credit is owed), growing the window first if it limits throughput. s.mu
+// must be held.
 func (s *Stream) maybeUpdate(force bool) {
 	if s.needUpdate || !s.rwin.UpdateDue(force) {
 		return
 	}
+	if !s.readShut {
+		s.tune()
+	}
 	s.needUpdate = true
 	s.sess.w.queueCtrl(s)
+}
+
+// tune runs one epoch of receive-window auto-tuning. With no round trip
+// known yet, it asks for one where the protocol has pings. s.mu must be
+// held.
+func (s *Stream) tune() {
+	sess := s.sess
+	max := sess.cfg.MaxStreamWindow
+	if s.rwin.Window() >= max {
+		return
+	}
+	rtt := sess.smoothedRTT()
+	if rtt == 0 && sess.caps.PingReply {
+		sess.startPing()
+	}
+	s.rwin.Tune(time.Duration(sess.now()), rtt, max, sess.budget)
+}
+
+// ReceiveWindow returns the stream's current receive window: how many
+// bytes it may hold unread before the peer must wait. It grows with
+// auto-tuning up to Config.MaxStreamWindow; 0 where the protocol has no
+// windows (smux v1).
+func (s *Stream) ReceiveWindow() uint32 {
+	if s.sess.caps.Window == wire.WindowNone {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rwin.Window()
 }
 
 // Write writes p to the stream. It returns once every byte is accepted:
@@ -270,6 +320,7 @@ func (s *Stream) shutRead() int {
 	n := s.recv.len()
 	s.recv.discard(n)
 	s.consumed(n)
+	s.sess.release(int(s.rwin.Finish()))
 	notify(s.readCh)
 	return n
 }
@@ -348,7 +399,8 @@ func (s *Stream) fail(err error) {
 	s.err = err
 	n := s.recv.len()
 	s.recv.discard(n)
-	s.sess.release(n)
+	s.sess.nBuffered.Add(-int64(n))
+	s.sess.release(int(s.rwin.Held()))
 	if s.inflight == 0 {
 		s.send.discard(s.send.len())
 	}

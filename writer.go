@@ -382,6 +382,11 @@ func (w *writer) streamControl(st *Stream) {
 		if st.err != nil || st.finRecv {
 			return
 		}
+		if st.rwin.Credit() == 0 {
+			// The peer is blocked on this window: the next data to
+			// arrive times a round trip.
+			st.updAt = w.s.now()
+		}
 		if delta, ok := st.rwin.Update(true); ok {
 			f := wire.Frame{Type: wire.TypeWindow, Stream: st.id, Value: delta}
 			if c.Window == wire.WindowAbsolute {

@@ -7,6 +7,7 @@ package flow
 import (
 	"errors"
 	"math"
+	"time"
 )
 
 // ErrOverflow reports a window update that would push send credit past
@@ -69,24 +70,70 @@ func (s *Send) Update(consumed, window uint32) error {
 // credit + buffered + pending == window: every byte of the window is either
 // still grantable to the peer, held unread, or read but not yet returned.
 // Not safe for concurrent use.
+//
+// Memory is charged to a session Budget so that no byte is counted twice:
+// window growth beyond the protocol's initial window is reserved when it is
+// granted (see Tune), and buffered bytes are charged only for the part that
+// exceeds that reservation. A stream therefore holds
+// max(buffered, window-initial) of the budget; Held reports it.
 type Recv struct {
-	window   uint32 // bytes this side promises to hold for the stream
-	credit   uint32 // bytes the peer may send before the next update
-	buffered uint32 // received and not yet read
-	pending  uint32 // read (or dropped) and not yet returned to the peer
-	consumed uint32 // total read or dropped, mod 2^32 (absolute windows)
+	window     uint32 // bytes this side promises to hold for the stream
+	base       uint32 // the protocol's initial window: never reserved
+	credit     uint32 // bytes the peer may send before the next update
+	buffered   uint32 // received and not yet read
+	pending    uint32 // read (or dropped) and not yet returned to the peer
+	consumed   uint32 // total read or dropped, mod 2^32 (absolute windows)
+	epochStart time.Duration
+	epochRead  uint32
 }
 
 // NewRecv returns a receive window of size window for a peer that assumes
 // it may send `assumed` bytes before any update (the protocol's initial
 // window). window must be at least assumed; the difference is owed to the
-// peer as an initial update (see Update).
+// peer as an initial update (see Update). The starting window is never
+// charged to the budget for reservation: buffered bytes are.
 func NewRecv(window, assumed uint32) Recv {
 	if window < assumed {
 		window = assumed
 	}
-	return Recv{window: window, credit: assumed, pending: window - assumed}
+	return Recv{window: window, base: window, credit: assumed, pending: window - assumed}
 }
+
+// reserved is the window growth held in the budget.
+func (r *Recv) reserved() uint32 { return r.window - r.base }
+
+// over is the part of b buffered bytes not covered by the reservation.
+func (r *Recv) over(b uint32) uint32 {
+	if b > r.reserved() {
+		return b - r.reserved()
+	}
+	return 0
+}
+
+// Charge is the budget n more received bytes need.
+func (r *Recv) Charge(n uint32) uint32 { return r.over(r.buffered+n) - r.over(r.buffered) }
+
+// Refund is the budget reading n buffered bytes frees.
+func (r *Recv) Refund(n uint32) uint32 { return r.over(r.buffered) - r.over(r.buffered-n) }
+
+// Fits reports whether n more bytes are within the credit granted.
+func (r *Recv) Fits(n uint32) bool { return n <= r.credit }
+
+// Credit is what the peer may still send before the next update.
+func (r *Recv) Credit() uint32 { return r.credit }
+
+// Finish ends the window's growth reservation once no more data can arrive
+// (the peer closed, or this side stopped reading), and returns the budget
+// that frees: from then on only buffered bytes are held.
+func (r *Recv) Finish() uint32 {
+	held := r.Held()
+	r.base = r.window
+	return held - r.Held()
+}
+
+// Held is the budget the stream holds: its reservation plus buffered bytes
+// beyond it. It is what to release when the stream ends.
+func (r *Recv) Held() uint32 { return r.reserved() + r.over(r.buffered) }
 
 // Window is the window size.
 func (r *Recv) Window() uint32 { return r.window }
