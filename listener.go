@@ -27,10 +27,10 @@ type Listener struct {
 	cfgErr error
 	log    *slog.Logger
 
-	slots    chan struct{}  // one per pending session
-	ready    chan *Session  // detected sessions waiting for Accept
-	done     chan struct{}  // closed by Close
-	loopDone chan struct{}  // closed when the accept loop has ended
+	slots    chan struct{} // one per pending session
+	ready    chan *Session // detected sessions waiting for Accept
+	done     chan struct{} // closed by Close
+	loopDone chan struct{} // closed when the accept loop has ended
 	once     sync.Once
 
 	mu      sync.Mutex // guards pending and err
