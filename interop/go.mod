@@ -1,0 +1,18 @@
+module github.com/polymux/polymux/interop
+
+go 1.26.0
+
+require (
+	github.com/hashicorp/yamux v0.1.2
+	github.com/libp2p/go-yamux/v5 v5.1.0
+	github.com/polymux/polymux v0.0.0-00010101000000-000000000000
+	github.com/xtaci/smux v1.5.56
+	golang.ngrok.com/muxado/v2 v2.0.2
+)
+
+require (
+	github.com/libp2p/go-buffer-pool v0.0.2 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+)
+
+replace github.com/polymux/polymux => ../

@@ -1,0 +1,462 @@
+// Package muxes puts polymux and the reference multiplexers behind one small
+// interface, so the interop tests and the muxbench runner can drive every
+// library the same way.
+//
+// Every library is configured comparably unless Options says otherwise:
+// 256 KiB per-stream windows without auto-tuning, logging off. What each
+// constructor changes from the library's defaults is listed on it.
+package muxes
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	hashicorp "github.com/hashicorp/yamux"
+	goyamux "github.com/libp2p/go-yamux/v5"
+	"github.com/polymux/polymux"
+	"github.com/xtaci/smux"
+	"golang.ngrok.com/muxado/v2"
+)
+
+// Stream is a stream of any library: a net.Conn that can half-close.
+type Stream interface {
+	net.Conn
+	// CloseWrite half-closes: the peer reads io.EOF after the data written.
+	CloseWrite() error
+}
+
+// Session is a session of any library.
+type Session interface {
+	// Open opens a stream. Only polymux and go-yamux honour ctx; the others
+	// are bounded by closing the session.
+	Open(ctx context.Context) (Stream, error)
+	// Accept waits for a stream the peer opened. It returns once the
+	// session is closed.
+	Accept(ctx context.Context) (Stream, error)
+	// Close closes the session and its connection.
+	Close() error
+	// Native returns the library's own session: *polymux.Session,
+	// *hashicorp.Session, *goyamux.Session, *smux.Session or
+	// muxado.Session.
+	Native() any
+}
+
+// DefaultWindow is the per-stream receive window every library gets by
+// default: the one all four protocols assume when a stream opens.
+const DefaultWindow = 256 << 10
+
+// Options tune a session. The zero value is the comparable default.
+type Options struct {
+	// Window is the per-stream receive window. 0 means DefaultWindow for
+	// every library, with auto-tuning off (polymux MaxStreamWindow =
+	// InitialStreamWindow, go-yamux MaxStreamWindowSize = Window). -1 means
+	// each library's own defaults, untouched (polymux and go-yamux then
+	// auto-tune up to 16 MiB; smux v2 advertises 64 KiB).
+	Window int
+	// Streams, if > 0, is how many streams the peer may have open and
+	// waiting for Accept at once; the accept backlog and incoming stream
+	// limits of the libraries that have them are raised to it.
+	Streams int
+	// SessionBuffer, if > 0, bounds received-but-unread bytes per session
+	// where the library has such a bound (polymux MaxSessionBuffer, smux
+	// MaxReceiveBuffer). 0 means 64 MiB for both.
+	SessionBuffer int
+}
+
+func (o Options) window() (w uint32, libDefaults bool) {
+	switch {
+	case o.Window < 0:
+		return 0, true
+	case o.Window == 0:
+		return DefaultWindow, false
+	}
+	return uint32(o.Window), false
+}
+
+func (o Options) sessionBuffer() int {
+	if o.SessionBuffer > 0 {
+		return o.SessionBuffer
+	}
+	return 64 << 20
+}
+
+// Lib is one multiplexer implementation: polymux speaking one protocol,
+// or a reference library.
+type Lib struct {
+	// Name identifies the library in test names and tables, such as
+	// "polymux-yamux" or "hashicorp/yamux".
+	Name string
+	// Protocol is the wire protocol it speaks.
+	Protocol polymux.Protocol
+	// Polymux is true for polymux itself.
+	Polymux bool
+	// Client and Server start a session on conn, which they own.
+	Client func(conn net.Conn, o Options) (Session, error)
+	Server func(conn net.Conn, o Options) (Session, error)
+}
+
+// Polymux returns polymux speaking p, named "polymux-<p>". It sets
+// InitialStreamWindow and MaxStreamWindow to the window (auto-tuning off),
+// MaxSessionBuffer to 64 MiB (its default), and with Options.Streams the
+// AcceptBacklog and MaxIncomingStreams.
+func Polymux(p polymux.Protocol) Lib {
+	return Lib{
+		Name:     "polymux-" + p.String(),
+		Protocol: p,
+		Polymux:  true,
+		Client: func(conn net.Conn, o Options) (Session, error) {
+			return newPolymux(conn, o, p, true)
+		},
+		Server: func(conn net.Conn, o Options) (Session, error) {
+			return newPolymux(conn, o, p, false)
+		},
+	}
+}
+
+// PolymuxConfig is the polymux Config Polymux uses for p and o.
+func PolymuxConfig(p polymux.Protocol, o Options) *polymux.Config {
+	cfg := &polymux.Config{Protocol: p}
+	if w, libDefaults := o.window(); !libDefaults {
+		cfg.InitialStreamWindow = w
+		cfg.MaxStreamWindow = w
+		cfg.MaxSessionBuffer = int64(max(o.sessionBuffer(), int(w)))
+	}
+	if o.Streams > 0 {
+		cfg.AcceptBacklog = o.Streams
+		cfg.MaxIncomingStreams = o.Streams
+	}
+	return cfg
+}
+
+func newPolymux(conn net.Conn, o Options, p polymux.Protocol, client bool) (Session, error) {
+	cfg := PolymuxConfig(p, o)
+	var s *polymux.Session
+	var err error
+	if client {
+		s, err = polymux.Client(conn, cfg)
+	} else {
+		s, err = polymux.Server(conn, cfg)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return polymuxSession{s}, nil
+}
+
+type polymuxSession struct{ s *polymux.Session }
+
+func (p polymuxSession) Open(ctx context.Context) (Stream, error) {
+	st, err := p.s.OpenStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (p polymuxSession) Accept(ctx context.Context) (Stream, error) {
+	st, err := p.s.AcceptStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (p polymuxSession) Close() error { return p.s.Close() }
+func (p polymuxSession) Native() any  { return p.s }
+
+// Hashicorp is github.com/hashicorp/yamux. Config changed from
+// DefaultConfig: LogOutput io.Discard; with Options.Window,
+// MaxStreamWindowSize; with Options.Streams, AcceptBacklog (which also
+// caps the opener's un-acknowledged streams).
+var Hashicorp = Lib{
+	Name:     "hashicorp/yamux",
+	Protocol: polymux.Yamux,
+	Client: func(conn net.Conn, o Options) (Session, error) {
+		return newHashicorp(conn, o, hashicorp.Client)
+	},
+	Server: func(conn net.Conn, o Options) (Session, error) {
+		return newHashicorp(conn, o, hashicorp.Server)
+	},
+}
+
+// HashicorpConfig is the config Hashicorp uses for o.
+func HashicorpConfig(o Options) *hashicorp.Config {
+	cfg := hashicorp.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	if w, libDefaults := o.window(); !libDefaults {
+		cfg.MaxStreamWindowSize = w
+	}
+	if o.Streams > 0 {
+		cfg.AcceptBacklog = o.Streams
+	}
+	return cfg
+}
+
+func newHashicorp(conn net.Conn, o Options, start func(io.ReadWriteCloser, *hashicorp.Config) (*hashicorp.Session, error)) (Session, error) {
+	s, err := start(conn, HashicorpConfig(o))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return hashicorpSession{s}, nil
+}
+
+type hashicorpSession struct{ s *hashicorp.Session }
+
+func (h hashicorpSession) Open(context.Context) (Stream, error) {
+	st, err := h.s.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	return HashicorpStream{st}, nil
+}
+
+func (h hashicorpSession) Accept(ctx context.Context) (Stream, error) {
+	st, err := h.s.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return HashicorpStream{st}, nil
+}
+
+func (h hashicorpSession) Close() error { return h.s.Close() }
+func (h hashicorpSession) Native() any  { return h.s }
+
+// HashicorpStream adds CloseWrite to a hashicorp/yamux stream. In v0.1.2
+// Close is itself a half-close (it sends FIN and reading goes on until
+// the peer's FIN), so CloseWrite is Close.
+type HashicorpStream struct{ *hashicorp.Stream }
+
+// CloseWrite sends FIN; reading goes on.
+func (s HashicorpStream) CloseWrite() error { return s.Stream.Close() }
+
+// GoYamux is github.com/libp2p/go-yamux/v5. Config changed from
+// DefaultConfig: LogOutput io.Discard; with Options.Window,
+// InitialStreamWindowSize and MaxStreamWindowSize (auto-tuning off); with
+// Options.Streams, AcceptBacklog and MaxIncomingStreams. No memory
+// manager.
+var GoYamux = Lib{
+	Name:     "libp2p/go-yamux",
+	Protocol: polymux.Yamux,
+	Client: func(conn net.Conn, o Options) (Session, error) {
+		return newGoYamux(conn, o, goyamux.Client)
+	},
+	Server: func(conn net.Conn, o Options) (Session, error) {
+		return newGoYamux(conn, o, goyamux.Server)
+	},
+}
+
+// GoYamuxConfig is the config GoYamux uses for o.
+func GoYamuxConfig(o Options) *goyamux.Config {
+	cfg := goyamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	if w, libDefaults := o.window(); !libDefaults {
+		cfg.InitialStreamWindowSize = w
+		cfg.MaxStreamWindowSize = w
+	}
+	if o.Streams > 0 {
+		cfg.AcceptBacklog = o.Streams
+		cfg.MaxIncomingStreams = uint32(o.Streams)
+	}
+	return cfg
+}
+
+func newGoYamux(conn net.Conn, o Options, start func(net.Conn, *goyamux.Config, func() (goyamux.MemoryManager, error)) (*goyamux.Session, error)) (Session, error) {
+	s, err := start(conn, GoYamuxConfig(o), nil)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return goYamuxSession{s}, nil
+}
+
+type goYamuxSession struct{ s *goyamux.Session }
+
+func (g goYamuxSession) Open(ctx context.Context) (Stream, error) {
+	st, err := g.s.OpenStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (g goYamuxSession) Accept(context.Context) (Stream, error) {
+	st, err := g.s.AcceptStream()
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (g goYamuxSession) Close() error { return g.s.Close() }
+func (g goYamuxSession) Native() any  { return g.s }
+
+// Smux is github.com/xtaci/smux speaking protocol version 1 or 2. Config
+// changed from DefaultConfig: Version; MaxFrameSize 65535 (polymux's frame
+// size on smux; default 32768); MaxReceiveBuffer = Options.SessionBuffer
+// (64 MiB, like polymux's MaxSessionBuffer; default 4 MiB); with
+// Options.Window, MaxStreamBuffer (v2's advertised window; default 64
+// KiB). Its accept backlog (1024) is fixed; when full it stops reading
+// the connection until Accept.
+func Smux(version int) Lib {
+	p := polymux.SmuxV1
+	if version == 2 {
+		p = polymux.SmuxV2
+	}
+	return Lib{
+		Name:     fmt.Sprintf("xtaci/smux-v%d", version),
+		Protocol: p,
+		Client: func(conn net.Conn, o Options) (Session, error) {
+			return newSmux(conn, o, version, smux.Client)
+		},
+		Server: func(conn net.Conn, o Options) (Session, error) {
+			return newSmux(conn, o, version, smux.Server)
+		},
+	}
+}
+
+// SmuxConfig is the config Smux uses for version and o.
+func SmuxConfig(version int, o Options) *smux.Config {
+	cfg := smux.DefaultConfig()
+	cfg.Version = version
+	if w, libDefaults := o.window(); !libDefaults {
+		cfg.MaxFrameSize = 65535
+		cfg.MaxReceiveBuffer = max(o.sessionBuffer(), int(w))
+		cfg.MaxStreamBuffer = int(w)
+	}
+	return cfg
+}
+
+func newSmux(conn net.Conn, o Options, version int, start func(io.ReadWriteCloser, *smux.Config) (*smux.Session, error)) (Session, error) {
+	s, err := start(conn, SmuxConfig(version, o))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return smuxSession{s}, nil
+}
+
+type smuxSession struct{ s *smux.Session }
+
+func (x smuxSession) Open(context.Context) (Stream, error) {
+	st, err := x.s.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	return SmuxStream{st}, nil
+}
+
+func (x smuxSession) Accept(context.Context) (Stream, error) {
+	st, err := x.s.AcceptStream()
+	if err != nil {
+		return nil, err
+	}
+	return SmuxStream{st}, nil
+}
+
+func (x smuxSession) Close() error { return x.s.Close() }
+func (x smuxSession) Native() any  { return x.s }
+
+// SmuxStream works around two bugs of xtaci/smux v1.5.56 streams:
+//
+//   - Half-close race (the class of xtaci/smux#23): once FIN went both
+//     ways (CloseWrite, then the peer's FIN), smux closes the stream's die
+//     channel, and a Read blocked in waitRead picks at random between "data
+//     arrived", "FIN arrived" and "died", so it can return
+//     io.ErrClosedPipe while the peer's last data is still buffered. All
+//     of it is there (FIN follows the data), so Read retries once: the
+//     retry returns the buffered data, or io.EOF.
+//   - WriteTo returns io.EOF at the end of the stream instead of nil, so
+//     io.Copy from a smux stream reports EOF as an error. SmuxStream does
+//     not expose WriteTo: io.Copy uses Read.
+type SmuxStream struct{ S *smux.Stream }
+
+// Read reads, retrying once after smux's spurious io.ErrClosedPipe.
+func (s SmuxStream) Read(p []byte) (int, error) {
+	n, err := s.S.Read(p)
+	if n == 0 && err == io.ErrClosedPipe {
+		return s.S.Read(p)
+	}
+	return n, err
+}
+
+func (s SmuxStream) Write(p []byte) (int, error)        { return s.S.Write(p) }
+func (s SmuxStream) Close() error                       { return s.S.Close() }
+func (s SmuxStream) CloseWrite() error                  { return s.S.CloseWrite() }
+func (s SmuxStream) LocalAddr() net.Addr                { return s.S.LocalAddr() }
+func (s SmuxStream) RemoteAddr() net.Addr               { return s.S.RemoteAddr() }
+func (s SmuxStream) SetDeadline(t time.Time) error      { return s.S.SetDeadline(t) }
+func (s SmuxStream) SetReadDeadline(t time.Time) error  { return s.S.SetReadDeadline(t) }
+func (s SmuxStream) SetWriteDeadline(t time.Time) error { return s.S.SetWriteDeadline(t) }
+
+// Muxado is golang.ngrok.com/muxado/v2. Config changed from its defaults:
+// with Options.Window, MaxWindowSize (default 256 KiB: both ends assume
+// their own, so both must agree); with Options.Streams, AcceptBacklog
+// (default 128). Its OpenStream is lazy: the peer's Accept returns only
+// after the first Write.
+var Muxado = Lib{
+	Name:     "ngrok/muxado",
+	Protocol: polymux.MuxadoV2,
+	Client: func(conn net.Conn, o Options) (Session, error) {
+		return muxadoSession{muxado.Client(conn, MuxadoConfig(o))}, nil
+	},
+	Server: func(conn net.Conn, o Options) (Session, error) {
+		return muxadoSession{muxado.Server(conn, MuxadoConfig(o))}, nil
+	},
+}
+
+// MuxadoConfig is the config Muxado uses for o: a new one every time,
+// since muxado fills in the caller's Config.
+func MuxadoConfig(o Options) *muxado.Config {
+	cfg := &muxado.Config{}
+	if w, libDefaults := o.window(); !libDefaults {
+		cfg.MaxWindowSize = w
+	}
+	if o.Streams > 0 {
+		cfg.AcceptBacklog = uint32(o.Streams)
+	}
+	return cfg
+}
+
+type muxadoSession struct{ s muxado.Session }
+
+func (m muxadoSession) Open(context.Context) (Stream, error) { return m.s.OpenStream() }
+
+func (m muxadoSession) Accept(context.Context) (Stream, error) { return m.s.AcceptStream() }
+
+func (m muxadoSession) Close() error { return m.s.Close() }
+func (m muxadoSession) Native() any  { return m.s }
+
+// Peers are the reference libraries, in a fixed order.
+func Peers() []Lib {
+	return []Lib{Hashicorp, GoYamux, Smux(1), Smux(2), Muxado}
+}
+
+// Protocols are the protocols polymux speaks on the wire, in a fixed order.
+func Protocols() []polymux.Protocol {
+	return []polymux.Protocol{polymux.Yamux, polymux.SmuxV1, polymux.SmuxV2, polymux.MuxadoV2}
+}
+
+// All is every library: polymux in each protocol, then the peers.
+func All() []Lib {
+	var libs []Lib
+	for _, p := range Protocols() {
+		libs = append(libs, Polymux(p))
+	}
+	return append(libs, Peers()...)
+}
+
+// Lookup finds a library by Name, ignoring case.
+func Lookup(name string) (Lib, bool) {
+	for _, l := range All() {
+		if strings.EqualFold(l.Name, name) {
+			return l, true
+		}
+	}
+	return Lib{}, false
+}
