@@ -283,11 +283,11 @@ func (w *writer) fill() int {
 	for _, st := range w.ctrl {
 		st.inCtrl = false
 	}
+	// Streams keep inData while the writer holds them, so their writers
+	// do not queue them a second time; dataRound clears it when a stream
+	// runs dry.
 	w.round = append(w.round[:0], w.dataQ...)
 	w.dataQ = w.dataQ[:0]
-	for _, st := range w.round {
-		st.inData = false
-	}
 	w.mu.Unlock()
 
 	for _, f := range w.sessCtrl {
@@ -313,18 +313,27 @@ func (w *writer) fill() int {
 }
 
 // dataRound takes one frame from each ready stream in turn until the batch
-// is full; the streams it did not reach go first next time.
+// is full; the streams it did not reach go first next time, then the ones
+// it served.
 func (w *writer) dataRound() {
 	for len(w.round) > 0 {
 		w.next = w.next[:0]
 		for i, st := range w.round {
 			if w.dataBytes >= batchBytes || !w.room(5) {
 				w.spare = append(append(w.spare[:0], w.round[i:]...), w.next...)
-				w.requeue(&w.dataQ, w.spare, func(st *Stream) *bool { return &st.inData })
+				w.mu.Lock()
+				w.front = append(append(w.front[:0], w.spare...), w.dataQ...)
+				w.dataQ, w.front = w.front, w.dataQ[:0]
+				w.mu.Unlock()
 				return
 			}
 			st.mu.Lock()
 			more := w.streamData(st)
+			if !more {
+				w.mu.Lock()
+				st.inData = false
+				w.mu.Unlock()
+			}
 			st.mu.Unlock()
 			if more {
 				w.next = append(w.next, st)

@@ -8,8 +8,8 @@ import "time"
 // was used up faster than a round trip could refill it, so it doubles,
 // up to max. The threshold scales with the share of the window read, so
 // tuning keeps growing on long links instead of stalling near twice the
-// initial window. The growth is reserved from budget first and made only
-// if it fits; it is owed to the peer as credit by the next Update. now is
+// initial window. The growth is reserved from budget first (see
+// Budget.TryReserve) and made only if it fits; it is owed to the peer as credit by the next Update. now is
 // any monotonic clock; rtt is the smoothed round trip, zero when unknown.
 // It returns the bytes the window grew by.
 func (r *Recv) Tune(now, rtt time.Duration, max uint32, budget *Budget) uint32 {
@@ -24,10 +24,12 @@ func (r *Recv) Tune(now, rtt time.Duration, max uint32, budget *Budget) uint32 {
 		return 0
 	}
 	grow := min(r.window, max-r.window)
-	if !budget.TryAcquire(int64(grow)) {
+	held := r.Held()
+	r.window += grow
+	if !budget.TryReserve(int64(r.Held() - held)) {
+		r.window -= grow
 		return 0
 	}
-	r.window += grow
 	r.pending += grow
 	return grow
 }

@@ -94,14 +94,14 @@ func TestTuneStopsAtTheCeiling(t *testing.T) {
 }
 
 func TestTuneNeedsRoomInTheBudget(t *testing.T) {
-	b := NewBudget(200 * kib)
+	b := NewBudget(300 * kib) // growth may use three quarters: 225 KiB
 	r := NewRecv(256*kib, 256*kib)
 	now := time.Second
 	r.StartEpoch(now)
 	readWindowHalf(t, &r)
 	now += time.Millisecond
 	if grown := r.Tune(now, 50*time.Millisecond, 16<<20, b); grown != 0 {
-		t.Fatalf("grew by %d with only 200 KiB of budget", grown)
+		t.Fatalf("grew by %d with only 225 KiB of budget for growth", grown)
 	}
 	if b.Used() != 0 {
 		t.Fatalf("a refused growth holds %d of the budget", b.Used())
@@ -146,5 +146,33 @@ func TestChargesNeverCountAByteTwice(t *testing.T) {
 	r.Read(150 * kib)
 	if r.Held() != 256*kib {
 		t.Fatalf("held after reading %d, want the reservation", r.Held())
+	}
+}
+
+func TestGrowthOverBufferedBytesChargesOnlyTheDifference(t *testing.T) {
+	b := NewBudget(64 << 20)
+	r := NewRecv(256*kib, 256*kib)
+	r.StartEpoch(time.Second)
+	// 200 KiB arrive and are charged; 128 KiB are read, so an update is due
+	// with 72 KiB still buffered.
+	if !b.TryAcquire(int64(r.Charge(200 * kib))) {
+		t.Fatal("charge refused")
+	}
+	_ = r.Receive(200 * kib)
+	b.Release(int64(r.Refund(128 * kib)))
+	r.Read(128 * kib)
+	r.Tune(time.Second+time.Millisecond, 50*time.Millisecond, 16<<20, b)
+	if r.Window() != 512*kib {
+		t.Fatalf("window %d", r.Window())
+	}
+	// Held is the 256 KiB reservation, which covers the 72 KiB buffered.
+	if b.Used() != int64(r.Held()) || r.Held() != 256*kib {
+		t.Fatalf("budget used %d, held %d", b.Used(), r.Held())
+	}
+	b.Release(int64(r.Refund(72 * kib)))
+	r.Read(72 * kib)
+	b.Release(int64(r.Finish()))
+	if b.Used() != 0 || r.Held() != 0 {
+		t.Fatalf("after reading all and finishing: used %d, held %d", b.Used(), r.Held())
 	}
 }

@@ -14,10 +14,18 @@ func NewBudget(max int64) *Budget { return &Budget{max: max} }
 
 // TryAcquire takes n bytes if the budget has room for them and reports
 // whether it did.
-func (b *Budget) TryAcquire(n int64) bool {
+func (b *Budget) TryAcquire(n int64) bool { return b.tryAcquireBelow(n, b.max) }
+
+// TryReserve takes n bytes for window growth, which is held whether or not
+// data arrives, only while the budget stays at most three quarters used:
+// the last quarter is kept for data arriving in windows that did not grow,
+// so growth never starves them.
+func (b *Budget) TryReserve(n int64) bool { return b.tryAcquireBelow(n, b.max-b.max/4) }
+
+func (b *Budget) tryAcquireBelow(n, limit int64) bool {
 	for {
 		used := b.used.Load()
-		if used+n > b.max {
+		if used+n > limit {
 			return false
 		}
 		if b.used.CompareAndSwap(used, used+n) {

@@ -180,3 +180,16 @@ func TestBudgetNeverExceedsItsMaximumUnderContention(t *testing.T) {
 		t.Fatalf("acquired %d, used %d, max 1000", got, b.Used())
 	}
 }
+
+func TestBudgetKeepsAQuarterFromReservations(t *testing.T) {
+	b := NewBudget(400)
+	if !b.TryReserve(300) {
+		t.Fatal("reserving three quarters failed")
+	}
+	if b.TryReserve(1) {
+		t.Fatal("reserved into the last quarter")
+	}
+	if !b.TryAcquire(100) {
+		t.Fatal("data could not use the last quarter")
+	}
+}
