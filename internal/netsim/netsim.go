@@ -41,10 +41,10 @@ type addr string
 func (a addr) Network() string { return "netsim" }
 func (a addr) String() string  { return string(a) }
 
-// mark says that the bytes up to offset end become readable at at.
-type mark struct {
-	end int64
-	at  time.Time
+// segment is the bytes of one write, readable from at.
+type segment struct {
+	data []byte
+	at   time.Time
 }
 
 // queue is one direction: written bytes with the time each becomes
@@ -53,10 +53,8 @@ type queue struct {
 	link Link
 
 	mu       sync.Mutex // guards the fields below
-	buf      []byte     // bytes [read, written) of the stream
-	marks    []mark
-	read     int64
-	written  int64
+	segs     []segment  // in flight, oldest first
+	inflight int        // bytes in segs
 	free     time.Time // when the link finishes sending what it holds
 	closed   bool
 	changed  chan struct{} // closed and replaced on every change
@@ -108,7 +106,7 @@ func (q *queue) write(p []byte) (int, error) {
 		if q.closed {
 			return n, io.ErrClosedPipe
 		}
-		room := q.link.Buffer - int(q.written-q.read)
+		room := q.link.Buffer - q.inflight
 		if room <= 0 {
 			if err := q.wait(time.Time{}, q.wdl); err != nil {
 				return n, err
@@ -116,8 +114,6 @@ func (q *queue) write(p []byte) (int, error) {
 			continue
 		}
 		k := min(room, len(p)-n)
-		q.buf = append(q.buf, p[n:n+k]...)
-		q.written += int64(k)
 		now := time.Now()
 		sent := now
 		if q.link.Bandwidth > 0 {
@@ -128,7 +124,8 @@ func (q *queue) write(p []byte) (int, error) {
 			sent = start.Add(time.Duration(float64(k) / float64(q.link.Bandwidth) * float64(time.Second)))
 			q.free = sent
 		}
-		q.marks = append(q.marks, mark{end: q.written, at: sent.Add(q.link.Latency)})
+		q.segs = append(q.segs, segment{data: append([]byte(nil), p[n:n+k]...), at: sent.Add(q.link.Latency)})
+		q.inflight += k
 		n += k
 		q.signal()
 	}
@@ -140,32 +137,28 @@ func (q *queue) readInto(p []byte) (int, error) {
 	defer q.mu.Unlock()
 	for {
 		now := time.Now()
-		ready := q.read
-		for _, m := range q.marks {
-			if m.at.After(now) {
-				break
+		n := 0
+		for n < len(p) && len(q.segs) > 0 && !q.segs[0].at.After(now) {
+			seg := &q.segs[0]
+			k := copy(p[n:], seg.data)
+			seg.data = seg.data[k:]
+			n += k
+			if len(seg.data) == 0 {
+				q.segs[0] = segment{}
+				q.segs = q.segs[1:]
 			}
-			ready = m.end
 		}
-		if ready > q.read {
-			k := copy(p, q.buf[:ready-q.read])
-			q.buf = q.buf[k:]
-			q.read += int64(k)
-			for len(q.marks) > 0 && q.marks[0].end <= q.read {
-				q.marks = q.marks[1:]
-			}
-			if len(q.buf) == 0 {
-				q.buf = q.buf[:0:0] // let the backing array go
-			}
+		if n > 0 {
+			q.inflight -= n
 			q.signal()
-			return k, nil
+			return n, nil
 		}
-		if q.closed && q.read == q.written {
+		if q.closed && len(q.segs) == 0 {
 			return 0, io.EOF
 		}
 		var at time.Time
-		if len(q.marks) > 0 {
-			at = q.marks[0].at
+		if len(q.segs) > 0 {
+			at = q.segs[0].at
 		}
 		if err := q.wait(at, q.rdl); err != nil {
 			return 0, err
