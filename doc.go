@@ -1,0 +1,53 @@
+// Package polymux carries many independent, bidirectional byte streams
+// over one reliable connection (TCP, TLS, a Unix socket, KCP, net.Pipe).
+//
+// One engine speaks four wire protocols byte for byte, so a polymux
+// program talks to existing peers: yamux (hashicorp/yamux and libp2p's
+// go-yamux), smux v1 and v2 (xtaci/smux) and muxado v2 (ngrok). A server
+// in Auto mode, or a Listener, detects each client's protocol from its
+// first bytes and serves all four on one port.
+//
+// A Stream is a net.Conn; a Session is a net.Listener. A session runs two
+// goroutines, a read loop and a writer, and none per stream. Control
+// frames (window updates, pings, resets, GoAway) go ahead of data, and
+// data from different streams is interleaved round robin, so a slow stream
+// never holds up the others, and liveness never waits behind bulk data.
+//
+// # Memory and flow control
+//
+// Every stream has a receive window (256 KiB at first, as every protocol
+// assumes) that grows by auto-tuning up to Config.MaxStreamWindow when it,
+// and not the reader, limits throughput. All streams of a session share
+// Config.MaxSessionBuffer: received-but-unread data and window growth are
+// charged to it, growth is granted only while it has room, and data that
+// would exceed it resets the stream (or, on smux, waits for the
+// application to read). A Write copies at most the peer's window into the
+// stream and never more than 256 KiB, so a peer that stops reading costs a
+// bounded amount of memory.
+//
+// # What each protocol lacks
+//
+// The engine is the same for every protocol; where a protocol cannot
+// express something, polymux does the documented next best thing:
+//
+//   - smux v1 has no per-stream window: only MaxSessionBuffer bounds what
+//     the peer may send, so one stream nobody reads can stall the whole
+//     session once it holds MaxSessionBuffer. That is the protocol's limit.
+//   - smux (v1 and v2) has no reset, no refusal, no ping reply and no
+//     GoAway: Reset sends FIN and drops further data, a stream past the
+//     limits is accepted and closed at once (and counted as refused), Ping
+//     returns errors.ErrUnsupported, GoAway refuses new streams locally and
+//     returns an error wrapping errors.ErrUnsupported. Liveness comes from
+//     inbound traffic, and NOPs go out often enough that smux peers never
+//     time polymux out.
+//   - muxado has no ping and no keepalive frame: Ping returns
+//     errors.ErrUnsupported, and a silent peer cannot be told from an idle
+//     one, so keepalive does not close muxado sessions.
+//   - yamux peers from libp2p (go-yamux) close their whole session when
+//     they receive GoAway, even with code 0.
+//
+// A server in Auto mode learns the protocol from the client's first frame,
+// so a client that never opens a stream is closed after
+// Config.DetectTimeout; servers whose clients only accept streams must set
+// the Protocol explicitly.
+package polymux
