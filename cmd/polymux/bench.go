@@ -43,7 +43,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	protoFlag := fs.String("protocol", "yamux", "wire protocol: auto, yamux, smux1, smux2, muxado2, or all (each in turn)")
 	streams := fs.Int("streams", 64, "concurrent streams (and raw TCP connections) of the bulk-N workload")
 	size := fs.Int("size", 65536, "bytes per Write in the bulk workloads")
-	duration := fs.Duration("duration", 3*time.Second, "how long each workload runs")
+	duration := fs.Duration("duration", 2500*time.Millisecond, "how long each workload runs")
 	jsonOut := fs.Bool("json", false, "print the results as JSON instead of a table")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `usage: polymux bench [flags]
