@@ -8,11 +8,9 @@ require (
 	github.com/polymux/polymux v0.0.0-00010101000000-000000000000
 	github.com/xtaci/smux v1.5.56
 	golang.ngrok.com/muxado/v2 v2.0.2
+	golang.org/x/net v0.62.0
 )
 
-require (
-	github.com/libp2p/go-buffer-pool v0.0.2 // indirect
-	golang.org/x/crypto v0.58.0 // indirect
-)
+require github.com/libp2p/go-buffer-pool v0.0.2 // indirect
 
 replace github.com/polymux/polymux => ../

@@ -22,14 +22,6 @@ import (
 	"github.com/xtaci/smux"
 )
 
-// sized picks the full size, or the smaller one under the race detector.
-func sized(full, race int) int {
-	if raceEnabled {
-		return race
-	}
-	return full
-}
-
 // cell is one combination of the test matrix: a peer library (which fixes
 // the protocol) and a direction.
 type cell struct {
