@@ -72,7 +72,7 @@ type Session struct {
 	writerDone    chan struct{}
 	lastRecv      atomic.Int64 // nanoseconds since epoch of the last frame received
 	rtt           atomic.Int64 // last measured ping round trip
-	srtt          atomic.Int64 // smoothed round trip, for window tuning
+	minRTT        atomic.Int64 // least round trip seen, for window tuning
 	nBuffered     atomic.Int64 // received bytes not yet read
 	nOpened       atomic.Uint64
 	nAccepted     atomic.Uint64
@@ -962,25 +962,25 @@ func (s *Session) receive(st *Stream, n uint32) error {
 	return nil
 }
 
-// observeRTT folds a round-trip sample into the smoothed round trip.
+// observeRTT records a round-trip sample. Window tuning uses the least
+// seen: queueing behind bulk data only ever adds to a sample.
 func (s *Session) observeRTT(d time.Duration) {
 	if d <= 0 {
 		return
 	}
 	for {
-		old := s.srtt.Load()
-		next := int64(d)
-		if old != 0 {
-			next = old - old/8 + int64(d)/8
+		old := s.minRTT.Load()
+		if old != 0 && old <= int64(d) {
+			return
 		}
-		if s.srtt.CompareAndSwap(old, next) {
+		if s.minRTT.CompareAndSwap(old, int64(d)) {
 			return
 		}
 	}
 }
 
-// smoothedRTT is the smoothed round trip, 0 while unknown.
-func (s *Session) smoothedRTT() time.Duration { return time.Duration(s.srtt.Load()) }
+// tuningRTT is the least round trip seen, 0 while none is known.
+func (s *Session) tuningRTT() time.Duration { return time.Duration(s.minRTT.Load()) }
 
 // release returns n buffered bytes to the session budget.
 func (s *Session) release(n int) {

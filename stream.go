@@ -197,7 +197,7 @@ func (s *Stream) tune() {
 	if s.rwin.Window() >= max {
 		return
 	}
-	rtt := sess.smoothedRTT()
+	rtt := sess.tuningRTT()
 	if rtt == 0 && sess.caps.PingReply {
 		sess.startPing()
 	}

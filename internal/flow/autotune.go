@@ -2,25 +2,28 @@ package flow
 
 import "time"
 
-// Tune grows the window when it, and not the reader, limits throughput:
-// if the bytes read since the last tuning epoch went by in less than
-// 4·fraction·rtt, where fraction is their share of the window, the window
-// was used up faster than a round trip could refill it, so it doubles,
-// up to max. The threshold scales with the share of the window read, so
-// tuning keeps growing on long links instead of stalling near twice the
-// initial window. The growth is reserved from budget first (see
-// Budget.TryReserve) and made only if it fits; it is owed to the peer as credit by the next Update. now is
-// any monotonic clock; rtt is the smoothed round trip, zero when unknown.
-// It returns the bytes the window grew by.
+// Tune grows the window when it, and not the reader, limits throughput. A
+// window caps a stream at window/rtt; if the application read the last
+// epoch's bytes at more than half that rate (rate·2·rtt ≥ window), the
+// window is what holds the stream back, so it doubles, up to max. The test
+// is on the rate, so it scales with the window and keeps growing on long
+// links (a fixed "four round trips" threshold stalls near twice the
+// initial window, go-yamux issue 136), and it stops near twice the
+// bandwidth-delay product. rtt should be the minimum round trip seen:
+// queueing inflates the others, and would make a fast local link look
+// window-limited. The growth is reserved from budget first (see
+// Budget.TryReserve) and made only if it fits; it is owed to the peer as
+// credit by the next Update. now is any monotonic clock. It returns the
+// bytes the window grew by.
 func (r *Recv) Tune(now, rtt time.Duration, max uint32, budget *Budget) uint32 {
 	read := r.consumed - r.epochRead
 	start := r.epochStart
 	r.epochStart, r.epochRead = now, r.consumed
-	if rtt <= 0 || r.window >= max || read == 0 || start == 0 {
+	if rtt <= 0 || r.window >= max || read == 0 || start == 0 || now <= start {
 		return 0
 	}
-	fraction := float64(read) / float64(r.window)
-	if now-start >= time.Duration(4*fraction*float64(rtt)) {
+	rate := float64(read) / (now - start).Seconds()
+	if rate*2*rtt.Seconds() < float64(r.window) {
 		return 0
 	}
 	grow := min(r.window, max-r.window)

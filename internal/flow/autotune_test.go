@@ -176,3 +176,21 @@ func TestGrowthOverBufferedBytesChargesOnlyTheDifference(t *testing.T) {
 		t.Fatalf("after reading all and finishing: used %d, held %d", b.Used(), r.Held())
 	}
 }
+
+func TestTuneLeavesAFastLocalLinkAlone(t *testing.T) {
+	// Loopback: a 50 µs round trip at 2 GB/s needs 100 KB in flight; the
+	// 256 KiB window is not what limits, so it must not grow (a 16 MiB
+	// window there only spills the data out of the caches).
+	b := NewBudget(64 << 20)
+	r := NewRecv(256*kib, 256*kib)
+	now := time.Second
+	r.StartEpoch(now)
+	for range 10 {
+		n := readWindowHalf(t, &r)
+		now += time.Duration(float64(n) / 2e9 * float64(time.Second))
+		if grown := r.Tune(now, 50*time.Microsecond, 16<<20, b); grown != 0 {
+			t.Fatalf("grew by %d to %d on a link the window does not limit", grown, r.Window())
+		}
+		r.Update(false)
+	}
+}
