@@ -129,6 +129,13 @@ func (e env) pair(t testing.TB, cli, srv *Config) (*Session, *Session) {
 		srv = e.cfg(nil)
 	}
 	c1, c2 := e.tr.pair(t)
+	return sessionsOver(t, c1, c2, cli, srv)
+}
+
+// sessionsOver starts a client session on c1 and a server session on c2;
+// both are closed when the test ends.
+func sessionsOver(t testing.TB, c1, c2 net.Conn, cli, srv *Config) (*Session, *Session) {
+	t.Helper()
 	c, err := Client(c1, cli)
 	if err != nil {
 		t.Fatal(err)

@@ -21,19 +21,7 @@ var windowedProtocols = []Protocol{Yamux, SmuxV2, MuxadoV2}
 func linkPair(t testing.TB, rtt time.Duration, bandwidth int64, buffer int, cli, srv *Config) (*Session, *Session) {
 	t.Helper()
 	c1, c2 := netsim.Pipe(netsim.Link{Latency: rtt / 2, Bandwidth: bandwidth, Buffer: buffer})
-	c, err := Client(c1, cli)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Server(c2, srv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		s.Close()
-	})
-	return c, s
+	return sessionsOver(t, c1, c2, cli, srv)
 }
 
 // pump writes chunks to w until stop is closed or a write fails, then

@@ -55,23 +55,11 @@ var smux1Caps = Caps{
 // smux2Caps is smux1Caps with version 2's absolute UPD(consumed, window)
 // flow control. The 256 KiB initial window is smux's initialPeerWindow,
 // the guess a v2 sender makes before the first UPD arrives.
-var smux2Caps = Caps{
-	Window:            WindowAbsolute,
-	InitialWindow:     262144,
-	MaxPayload:        smuxMaxPayload,
-	FirstID:           [2]uint32{3, 2},
-	MaxStreamID:       math.MaxUint32,
-	AckOpens:          false,
-	Reset:             false,
-	PingReply:         false,
-	KeepAliveNop:      true,
-	GoAway:            false,
-	GoAwayLastID:      false,
-	WindowOnOpen:      false,
-	SynFinApart:       false,
-	OverrunResets:     false,
-	RejectUnknownData: false,
-}
+var smux2Caps = func() Caps {
+	c := smux1Caps
+	c.Window = WindowAbsolute
+	return c
+}()
 
 // smuxCodec is one smux version. It is used only through the pointers in
 // smux1Singleton and smux2Singleton, so putting it in a Codec never
