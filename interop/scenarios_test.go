@@ -146,7 +146,6 @@ func TestLargeStream(t *testing.T) {
 
 // hashed is what an acceptor read from a stream.
 type hashed struct {
-	tag byte
 	n   int64
 	sum [32]byte
 	err error
@@ -187,10 +186,6 @@ func TestUnreadStream(t *testing.T) {
 	size := 32 << 20
 	forEachCell(t, func(t *testing.T, c cell) {
 		e := newEnv(t, c, muxes.Options{}, time.Minute)
-		type accepted struct {
-			st  muxes.Stream
-			err error
-		}
 		// The server reads each stream's one-byte tag, then B to EOF.
 		aCh := make(chan muxes.Stream, 1)
 		bGot := make(chan hashed, 1)
@@ -563,5 +558,45 @@ func TestSmuxWriteToReturnsEOF(t *testing.T) {
 	}
 	if err != io.EOF {
 		t.Fatalf("io.Copy from a smux stream ended with %v; xtaci/smux's WriteTo used to return io.EOF (bug fixed? drop the workaround in muxes.SmuxStream)", err)
+	}
+}
+
+// TestMuxadoCloseWaitsForWindow asserts a bug of ngrok muxado v2.0.2: a
+// Write waiting for window holds the stream's writer lock
+// (stream.write → condWindow.Decrement, which has no deadline), and Close
+// sends its FIN through the same lock, so Close blocks until the peer
+// reads (or the session dies), unlike a net.Conn's Close. Here the
+// polymux server reads nothing at first: muxado's Close hangs; once
+// polymux drains the stream, the Write completes and Close returns.
+func TestMuxadoCloseWaitsForWindow(t *testing.T) {
+	c := cell{muxes.Muxado, false}
+	e := newEnv(t, c, muxes.Options{}, 30*time.Second)
+	st := e.open(e.client)
+	const size = 1 << 20
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := st.Write(make([]byte, size))
+		wrote <- err
+	}()
+	srv := e.accept(e.server) // muxado's SYN rides on the first DATA
+	time.Sleep(200 * time.Millisecond)
+	closed := make(chan error, 1)
+	go func() { closed <- st.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("muxado Close returned (%v) while a Write waited for window; the bug seems fixed", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	n, _, err := readAllHash(srv)
+	if err != nil || n != size {
+		t.Fatalf("polymux read %d bytes, %v; want %d and EOF", n, err, size)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("muxado Write: %v", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("muxado Close still blocked after the window opened")
 	}
 }

@@ -1,0 +1,318 @@
+// Command muxbench measures polymux beside the reference multiplexers and
+// raw TCP, side by side, in one process over TCP on 127.0.0.1.
+//
+//	cd interop && go run ./cmd/muxbench            # full run, Markdown table
+//	cd interop && go run ./cmd/muxbench -quick     # a few seconds, for testing
+//	cd interop && go run ./cmd/muxbench -json      # JSON instead
+//
+// Each contender is raw TCP, polymux speaking one protocol, or a reference
+// library (hashicorp/yamux, libp2p/go-yamux, xtaci/smux v1 and v2, ngrok
+// muxado), with both ends the same library. Every workload runs on every
+// contender in turn, round-robin, once per repetition, so drift of the
+// machine hits all alike; each figure is the median of the repetitions.
+// A cell that stops making progress, or outlives -timeout, fails: its
+// connections are closed and the run goes on.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/polymux/polymux/interop/internal/muxes"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// bench holds the settings of one run.
+type bench struct {
+	reps         int
+	duration     time.Duration
+	timeout      time.Duration
+	stall        time.Duration
+	idleStreams  int
+	rawIdleLimit int
+	slowSize     int
+	opts         muxes.Options
+	progress     io.Writer
+	stacks       bool
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("muxbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	reps := fs.Int("reps", 3, "repetitions of every cell; figures are medians")
+	duration := fs.Duration("duration", time.Second, "how long each timed workload (bulk, rpc) runs per cell")
+	timeout := fs.Duration("timeout", 30*time.Second, "a cell still running after this fails")
+	stall := fs.Duration("stall", 5*time.Second, "a cell making no progress for this long fails")
+	workloadsFlag := fs.String("workloads", "all", "comma-separated workloads: bulk1, bulk16, bulk256, rpc, rpc64, idle, slowreader")
+	libsFlag := fs.String("libs", "all", "comma-separated contenders: library names (polymux-yamux, hashicorp/yamux, ...) or protocols (yamux, smux1, smux2, muxado2) for all of that protocol; raw TCP always runs")
+	idle := fs.Int("idle", 10000, "streams held open in the idle workload")
+	slow := fs.Int("slowsize", 64<<20, "bytes the second stream moves in the slowreader workload")
+	window := fs.Int("window", muxes.DefaultWindow, "per-stream receive window of every library, auto-tuning off; -1 keeps each library's defaults")
+	jsonOut := fs.Bool("json", false, "print JSON instead of a Markdown table")
+	stacks := fs.Bool("stacks", false, "print every goroutine's stack to stderr when a cell fails (debugging)")
+	quick := fs.Bool("quick", false, "a short run for testing: -reps 1 -duration 100ms -idle 500 -slowsize 8MiB -timeout 15s")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: muxbench [flags]\n\nSide-by-side benchmark of polymux, the reference multiplexers and raw TCP.\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "muxbench: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *quick {
+		*reps, *duration, *idle, *slow, *timeout = 1, 100*time.Millisecond, 500, 8<<20, 15*time.Second
+	}
+	if *reps < 1 || *duration <= 0 || *timeout <= 0 || *stall <= 0 || *idle < 1 || *slow < 1 {
+		fmt.Fprintln(stderr, "muxbench: -reps, -duration, -timeout, -stall, -idle and -slowsize must be positive")
+		return 2
+	}
+	b := &bench{
+		reps:         *reps,
+		duration:     *duration,
+		timeout:      *timeout,
+		stall:        *stall,
+		idleStreams:  *idle,
+		rawIdleLimit: rawIdleLimit(),
+		slowSize:     *slow,
+		opts:         muxes.Options{Window: *window, Streams: max(16384, *idle+1024)},
+		progress:     stderr,
+		stacks:       *stacks,
+	}
+	if *window == 0 || *window < -1 {
+		fmt.Fprintln(stderr, "muxbench: -window must be a size in bytes, or -1")
+		return 2
+	}
+	workloads, err := selectWorkloads(b.workloads(), *workloadsFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "muxbench: -workloads: %v\n", err)
+		return 2
+	}
+	contenders, err := selectContenders(*libsFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "muxbench: -libs: %v\n", err)
+		return 2
+	}
+
+	res := b.runAll(workloads, contenders)
+	rep := b.report(workloads, contenders, res)
+	if *jsonOut {
+		if err := writeJSON(stdout, rep); err != nil {
+			fmt.Fprintf(stderr, "muxbench: %v\n", err)
+			return 1
+		}
+	} else {
+		writeMarkdown(stdout, rep)
+	}
+	return 0
+}
+
+// rawIdleLimit is how many raw TCP connections the idle workload may hold:
+// each takes two file descriptors in this process.
+func rawIdleLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 1000
+	}
+	return max(100, int(min(rl.Cur, 1<<20)-1000)/2)
+}
+
+func selectWorkloads(all []workload, spec string) ([]workload, error) {
+	if spec == "all" || spec == "" {
+		return all, nil
+	}
+	var out []workload
+	for _, name := range strings.Split(spec, ",") {
+		i := slices.IndexFunc(all, func(w workload) bool { return strings.EqualFold(w.name, strings.TrimSpace(name)) })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown workload %q", name)
+		}
+		if !slices.ContainsFunc(out, func(w workload) bool { return w.name == all[i].name }) {
+			out = append(out, all[i])
+		}
+	}
+	return out, nil
+}
+
+// allContenders is every contender in table order: raw TCP, then each
+// protocol's polymux and its peers.
+func allContenders() []contender {
+	cs := []contender{{name: rawTCP}}
+	add := func(l muxes.Lib) { cs = append(cs, contender{name: l.Name, lib: &l}) }
+	for _, p := range muxes.Protocols() {
+		add(muxes.Polymux(p))
+		for _, peer := range muxes.Peers() {
+			if peer.Protocol == p {
+				add(peer)
+			}
+		}
+	}
+	return cs
+}
+
+func selectContenders(spec string) ([]contender, error) {
+	all := allContenders()
+	if spec == "all" || spec == "" {
+		return all, nil
+	}
+	keep := map[string]bool{rawTCP: true}
+	for _, name := range strings.Split(spec, ",") {
+		name = strings.TrimSpace(name)
+		found := false
+		for _, c := range all {
+			if strings.EqualFold(c.name, name) || (c.lib != nil && strings.EqualFold(c.lib.Protocol.String(), name)) || (c.isRaw() && strings.EqualFold(name, "tcp")) {
+				keep[c.name] = true
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown library or protocol %q", name)
+		}
+	}
+	var out []contender
+	for _, c := range all {
+		if keep[c.name] {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// outcome is one repetition of one cell.
+type outcome struct {
+	values map[string]float64
+	err    error
+	note   string
+}
+
+// results[workload][contender] are the outcomes of every repetition.
+type results map[string]map[string][]outcome
+
+// runAll runs every cell reps times: for each repetition, each workload,
+// every contender in turn (starting one further along each repetition).
+func (b *bench) runAll(workloads []workload, contenders []contender) results {
+	res := results{}
+	for _, w := range workloads {
+		res[w.name] = map[string][]outcome{}
+	}
+	for rep := range b.reps {
+		for _, w := range workloads {
+			for i := range contenders {
+				c := contenders[(i+rep)%len(contenders)]
+				o := b.runCell(w, c)
+				res[w.name][c.name] = append(res[w.name][c.name], o)
+				b.logCell(rep, w, c, o)
+			}
+		}
+	}
+	return res
+}
+
+func (b *bench) logCell(rep int, w workload, c contender, o outcome) {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "rep %d/%d  %-10s %-16s ", rep+1, b.reps, w.name, c.name)
+	if o.err != nil {
+		fmt.Fprintf(&sb, "FAIL: %v", o.err)
+	} else {
+		for _, m := range w.metrics {
+			if v, ok := o.values[m.key]; ok {
+				fmt.Fprintf(&sb, " %s %s", m.header, format(v, m.digits))
+			}
+		}
+	}
+	if o.note != "" {
+		fmt.Fprintf(&sb, "  (%s)", o.note)
+	}
+	fmt.Fprintln(b.progress, sb.String())
+}
+
+// runCell runs one workload on one contender under a watchdog: past
+// b.timeout, or b.stall without progress, the cell's connections are
+// closed (so its goroutines end) and it fails.
+func (b *bench) runCell(w workload, c contender) outcome {
+	runtime.GC()
+	p, err := newPair(c, b.opts)
+	if err != nil {
+		return outcome{err: fmt.Errorf("setup: %w", err)}
+	}
+	defer p.close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := &cellRun{ctx: ctx, pair: p, c: c}
+	type ret struct {
+		v   map[string]float64
+		err error
+	}
+	done := make(chan ret, 1)
+	go func() {
+		v, err := w.run(r)
+		done <- ret{v, err}
+	}()
+	deadline := time.NewTimer(b.timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	last, lastMove := r.progress.Load(), time.Now()
+	var failure error
+	for failure == nil {
+		select {
+		case d := <-done:
+			return outcome{values: d.v, err: d.err, note: r.note}
+		case <-deadline.C:
+			failure = fmt.Errorf("timeout after %v", b.timeout)
+		case now := <-tick.C:
+			if cur := r.progress.Load(); cur != last {
+				last, lastMove = cur, now
+			} else if now.Sub(lastMove) >= b.stall {
+				failure = fmt.Errorf("%w: no progress for %v", errStalled, b.stall)
+			}
+		}
+	}
+	// Stuck: close everything so the workload's goroutines end.
+	if b.stacks {
+		buf := make([]byte, 8<<20)
+		fmt.Fprintf(b.progress, "%s %s: %v; goroutines:\n%s\n", w.name, c.name, failure, buf[:runtime.Stack(buf, true)])
+	}
+	cancel()
+	p.close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		failure = fmt.Errorf("%w; the workload did not return after its connections were closed", failure)
+	}
+	return outcome{err: failure, note: r.note}
+}
+
+// cpuModel is the CPU's model name from /proc/cpuinfo.
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}

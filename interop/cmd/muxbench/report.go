@@ -1,0 +1,282 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"runtime"
+	"slices"
+	"strings"
+)
+
+// report is the outcome of a run, as printed (Markdown) or encoded (JSON).
+type report struct {
+	Machine  machine      `json:"machine"`
+	Settings settings     `json:"settings"`
+	Notes    []string     `json:"notes"`
+	Metrics  []metricInfo `json:"metrics"`
+	Rows     []row        `json:"rows"`
+}
+
+type machine struct {
+	NumCPU     int    `json:"num_cpu"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	CPU        string `json:"cpu"`
+	GoVersion  string `json:"go_version"`
+	OS         string `json:"os"`
+	Arch       string `json:"arch"`
+}
+
+type settings struct {
+	Reps              int     `json:"reps"`
+	DurationSeconds   float64 `json:"duration_seconds"`
+	TimeoutSeconds    float64 `json:"timeout_seconds"`
+	StallSeconds      float64 `json:"stall_seconds"`
+	IdleStreams       int     `json:"idle_streams"`
+	SlowReaderBytes   int     `json:"slowreader_bytes"`
+	Window            int     `json:"window"`
+	StreamLimitRaised int     `json:"stream_limits"`
+}
+
+type metricInfo struct {
+	Key          string `json:"key"`
+	Header       string `json:"header"`
+	Workload     string `json:"workload"`
+	HigherBetter bool   `json:"higher_better"`
+}
+
+type row struct {
+	Library  string          `json:"library"`
+	Protocol string          `json:"protocol,omitempty"`
+	Polymux  bool            `json:"polymux,omitempty"`
+	Peer     bool            `json:"peer,omitempty"`
+	Cells    map[string]cell `json:"cells"`
+}
+
+// cell is one figure: the median of the successful repetitions, and its
+// ratios to raw TCP and to the best reference library in the same column.
+type cell struct {
+	Median     *float64  `json:"median,omitempty"`
+	Reps       []float64 `json:"reps,omitempty"`
+	VsTCP      *float64  `json:"vs_tcp,omitempty"`
+	VsBestPeer *float64  `json:"vs_best_peer,omitempty"`
+	Failures   []string  `json:"failures,omitempty"`
+	Notes      []string  `json:"notes,omitempty"`
+	digits     int
+}
+
+func (b *bench) report(workloads []workload, contenders []contender, res results) report {
+	rep := report{
+		Machine: machine{
+			NumCPU:     runtime.NumCPU(),
+			GOMAXPROCS: runtime.GOMAXPROCS(0),
+			CPU:        cpuModel(),
+			GoVersion:  runtime.Version(),
+			OS:         runtime.GOOS,
+			Arch:       runtime.GOARCH,
+		},
+		Settings: settings{
+			Reps:              b.reps,
+			DurationSeconds:   b.duration.Seconds(),
+			TimeoutSeconds:    b.timeout.Seconds(),
+			StallSeconds:      b.stall.Seconds(),
+			IdleStreams:       b.idleStreams,
+			SlowReaderBytes:   b.slowSize,
+			Window:            b.opts.Window,
+			StreamLimitRaised: b.opts.Streams,
+		},
+		Notes: b.notes(),
+	}
+	var metrics []metric
+	for _, w := range workloads {
+		for _, m := range w.metrics {
+			metrics = append(metrics, m)
+			rep.Metrics = append(rep.Metrics, metricInfo{m.key, m.header, w.name, m.higherBetter})
+		}
+	}
+	for _, c := range contenders {
+		r := row{Library: c.name, Polymux: c.lib != nil && c.lib.Polymux, Peer: c.isPeer(), Cells: map[string]cell{}}
+		if c.lib != nil {
+			r.Protocol = c.lib.Protocol.String()
+		}
+		for _, w := range workloads {
+			for _, m := range w.metrics {
+				var cl cell
+				cl.digits = m.digits
+				for _, o := range res[w.name][c.name] {
+					if o.err != nil {
+						cl.Failures = append(cl.Failures, o.err.Error())
+					} else if v, ok := o.values[m.key]; ok {
+						cl.Reps = append(cl.Reps, v)
+					}
+					if o.note != "" && len(cl.Notes) == 0 {
+						cl.Notes = append(cl.Notes, o.note)
+					}
+				}
+				if len(cl.Reps) > 0 {
+					med := median(cl.Reps)
+					cl.Median = &med
+				}
+				r.Cells[m.key] = cl
+			}
+		}
+		rep.Rows = append(rep.Rows, r)
+	}
+	// Ratios.
+	for _, m := range metrics {
+		var tcp *float64
+		best := math.NaN()
+		for _, r := range rep.Rows {
+			v := r.Cells[m.key].Median
+			if v == nil {
+				continue
+			}
+			if r.Library == rawTCP && !m.noRaw {
+				tcp = v
+			}
+			if r.Peer && (math.IsNaN(best) || (m.higherBetter && *v > best) || (!m.higherBetter && *v < best)) {
+				best = *v
+			}
+		}
+		for _, r := range rep.Rows {
+			cl := r.Cells[m.key]
+			if cl.Median == nil {
+				continue
+			}
+			if tcp != nil && *tcp != 0 {
+				x := *cl.Median / *tcp
+				cl.VsTCP = &x
+			}
+			if !math.IsNaN(best) && best != 0 {
+				x := *cl.Median / best
+				cl.VsBestPeer = &x
+			}
+			r.Cells[m.key] = cl
+		}
+	}
+	return rep
+}
+
+func (b *bench) notes() []string {
+	win := "every library gets a 256 KiB per-stream receive window with auto-tuning off"
+	if b.opts.Window > 0 && b.opts.Window != muxes256K {
+		win = fmt.Sprintf("every library gets a %d-byte per-stream receive window with auto-tuning off", b.opts.Window)
+	}
+	if b.opts.Window < 0 {
+		win = "every library keeps its default windows (polymux and go-yamux auto-tune up to 16 MiB; smux v2 advertises 64 KiB; hashicorp and muxado 256 KiB)"
+	}
+	n := []string{
+		"Both ends of every pairing are the same library, in this one process, over one TCP connection on 127.0.0.1 (raw TCP: one connection per stream, one dial per rpc, closed with SO_LINGER 0).",
+		"Config changed from the libraries' defaults, to compare like with like: " + win +
+			" (polymux InitialStreamWindow = MaxStreamWindow; go-yamux InitialStreamWindowSize = MaxStreamWindowSize; hashicorp MaxStreamWindowSize; smux MaxStreamBuffer; muxado MaxWindowSize)" +
+			fmt.Sprintf("; stream limits raised to %d so the idle workload fits (polymux AcceptBacklog and MaxIncomingStreams, go-yamux AcceptBacklog and MaxIncomingStreams, hashicorp AcceptBacklog, muxado AcceptBacklog; smux's accept backlog is fixed at 1024 and stops its reader when full)", b.opts.Streams) +
+			"; received-but-unread bytes per session bounded at 64 MiB (polymux MaxSessionBuffer, its default; smux MaxReceiveBuffer, default 4 MiB); smux MaxFrameSize 65535 (default 32768; polymux sends 64 KiB frames); logging off. Everything else is each library's default (keepalives on).",
+		"MB/s counts 1e6 bytes per second. allocs/MiB is runtime.MemStats.Mallocs during bulk1 over MiB moved, both ends. idle B/stream is heap growth after GC over the streams held, both ends; idle goroutines/stream likewise.",
+		"Each cell is the median of the repetitions; (a, b) after a figure are its ratio to raw TCP and to the best reference library in that column (higher is better for MB/s and op/s, lower for the rest). FAIL: the cell failed in every repetition (stalled, timed out or erred); * a figure from fewer repetitions than were run.",
+	}
+	return n
+}
+
+const muxes256K = 256 << 10
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// format prints v with the given decimals, more when v is small (two
+// significant digits at least), none from 1000 up.
+func format(v float64, digits int) string {
+	a := math.Abs(v)
+	switch {
+	case a >= 1000 || (digits == 0 && a >= 10):
+		return fmt.Sprintf("%.0f", v)
+	case a == 0:
+		return "0"
+	case a < 1:
+		digits = max(digits, 1-int(math.Floor(math.Log10(a))))
+	case digits == 0:
+		digits = 1
+	}
+	return fmt.Sprintf("%.*f", digits, v)
+}
+
+func ratio(p *float64) string {
+	if p == nil {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", *p)
+}
+
+func (c cell) String() string {
+	if c.Median == nil {
+		if len(c.Failures) > 0 {
+			return "FAIL"
+		}
+		return ""
+	}
+	s := format(*c.Median, c.digits)
+	if len(c.Failures) > 0 {
+		s += "*"
+	}
+	return fmt.Sprintf("%s (%s, %s)", s, ratio(c.VsTCP), ratio(c.VsBestPeer))
+}
+
+func writeMarkdown(w io.Writer, rep report) {
+	m := rep.Machine
+	fmt.Fprintf(w, "Machine: %d CPUs (GOMAXPROCS %d), %s, %s %s/%s. %d repetitions; timed workloads run %gs per cell.\n\n",
+		m.NumCPU, m.GOMAXPROCS, m.CPU, m.GoVersion, m.OS, m.Arch, rep.Settings.Reps, rep.Settings.DurationSeconds)
+	fmt.Fprint(w, "| library |")
+	for _, mi := range rep.Metrics {
+		fmt.Fprintf(w, " %s |", mi.Header)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range rep.Metrics {
+		fmt.Fprint(w, "---:|")
+	}
+	fmt.Fprintln(w)
+	for _, r := range rep.Rows {
+		name := r.Library
+		if r.Polymux {
+			name = "**" + name + "**"
+		}
+		fmt.Fprintf(w, "| %s |", name)
+		for _, mi := range rep.Metrics {
+			fmt.Fprintf(w, " %s |", r.Cells[mi.Key])
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+	for _, n := range rep.Notes {
+		fmt.Fprintf(w, "- %s\n", n)
+	}
+	// Failures and notes, once per workload and library.
+	seen := map[string]bool{}
+	for _, r := range rep.Rows {
+		for _, mi := range rep.Metrics {
+			c := r.Cells[mi.Key]
+			key := r.Library + "/" + mi.Workload
+			if seen[key] || (len(c.Failures) == 0 && len(c.Notes) == 0) {
+				continue
+			}
+			seen[key] = true
+			var parts []string
+			if len(c.Failures) > 0 {
+				parts = append(parts, fmt.Sprintf("failed %d of %d: %s", len(c.Failures), rep.Settings.Reps, c.Failures[0]))
+			}
+			parts = append(parts, c.Notes...)
+			fmt.Fprintf(w, "- %s, %s: %s\n", r.Library, mi.Workload, strings.Join(parts, "; "))
+		}
+	}
+}
+
+func writeJSON(w io.Writer, rep report) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}

@@ -1,0 +1,466 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/polymux/polymux/interop/internal/muxes"
+)
+
+const (
+	// writeSize is the size of one Write in the bulk workloads.
+	writeSize = 64 << 10
+	// rpcSize is the size of one rpc request and of its echo.
+	rpcSize = 64
+	// mb is what MB/s counts: 1 MB = 1e6 bytes.
+	mb = 1e6
+)
+
+// metric is one column of the table.
+type metric struct {
+	key          string // JSON key
+	header       string // table header
+	higherBetter bool
+	digits       int  // decimals shown
+	noRaw        bool // raw TCP has no meaningful figure (ratios to it are left out)
+}
+
+var (
+	mBulk1      = metric{key: "bulk1_MBps", header: "bulk1 MB/s", higherBetter: true}
+	mAllocs     = metric{key: "bulk1_allocs_per_MiB", header: "allocs/MiB", digits: 1}
+	mBulk16     = metric{key: "bulk16_MBps", header: "bulk16 MB/s", higherBetter: true}
+	mBulk256    = metric{key: "bulk256_MBps", header: "bulk256 MB/s", higherBetter: true}
+	mRPC        = metric{key: "rpc_ops", header: "rpc op/s", higherBetter: true}
+	mRPC50      = metric{key: "rpc_p50_us", header: "rpc p50 µs", digits: 1}
+	mRPC99      = metric{key: "rpc_p99_us", header: "rpc p99 µs", digits: 1}
+	mRPC64      = metric{key: "rpc64_ops", header: "rpc×64 op/s", higherBetter: true}
+	mRPC6450    = metric{key: "rpc64_p50_us", header: "rpc×64 p50 µs", digits: 1}
+	mRPC6499    = metric{key: "rpc64_p99_us", header: "rpc×64 p99 µs", digits: 1}
+	mIdleHeap   = metric{key: "idle_heap_bytes_per_stream", header: "idle B/stream"}
+	mIdleGorout = metric{key: "idle_goroutines_per_stream", header: "idle goroutines/stream", digits: 2, noRaw: true}
+	mSlow       = metric{key: "slowreader_MBps", header: "slowreader MB/s", higherBetter: true}
+)
+
+// workload is one thing measured; it yields one or more metrics.
+type workload struct {
+	name    string
+	about   string
+	metrics []metric
+	run     func(r *cellRun) (map[string]float64, error)
+}
+
+func (b *bench) workloads() []workload {
+	return []workload{
+		{"bulk1", "one stream writing as fast as it can; allocations per MiB moved, both ends", []metric{mBulk1, mAllocs}, func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 1) }},
+		{"bulk16", "16 streams writing at once, aggregate", []metric{mBulk16}, func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 16) }},
+		{"bulk256", "256 streams writing at once, aggregate", []metric{mBulk256}, func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 256) }},
+		{"rpc", "open a stream, echo 64 B, close: one caller", []metric{mRPC, mRPC50, mRPC99}, func(r *cellRun) (map[string]float64, error) { return b.rpc(r, 1) }},
+		{"rpc64", "the same with 64 concurrent callers", []metric{mRPC64, mRPC6450, mRPC6499}, func(r *cellRun) (map[string]float64, error) { return b.rpc(r, 64) }},
+		{"idle", "open streams holding one byte each: heap after GC and goroutines, per stream, both ends", []metric{mIdleHeap, mIdleGorout}, b.idle},
+		{"slowreader", "one stream never read while another moves its payload", []metric{mSlow}, b.slowReader},
+	}
+}
+
+// cellRun is one run of one workload on one contender.
+type cellRun struct {
+	ctx      context.Context // canceled when the cell fails
+	pair     *pair
+	c        contender
+	progress atomic.Int64 // bumped by the workload as it moves: a stall detector watches it
+	note     string       // set by the workload: something to report with the figure
+}
+
+// bulk: n streams, each writing for b.duration; the server reads and
+// counts. Figures: aggregate MB/s from the first write to the last EOF;
+// with one stream also Mallocs per MiB over the same span.
+func (b *bench) bulk(r *cellRun, n int) (map[string]float64, error) {
+	p := r.pair
+	type res struct {
+		n   int64
+		err error
+	}
+	results := make(chan res, n)
+	go func() {
+		for i := 0; i < n; i++ {
+			st, err := p.accept(r.ctx)
+			if err != nil {
+				for ; i < n; i++ {
+					results <- res{err: fmt.Errorf("accept: %w", err)}
+				}
+				return
+			}
+			go func() {
+				defer st.Close()
+				buf := make([]byte, writeSize)
+				var total int64
+				for {
+					k, err := st.Read(buf)
+					total += int64(k)
+					r.progress.Add(int64(k))
+					if err == io.EOF {
+						results <- res{total, nil}
+						return
+					}
+					if err != nil {
+						results <- res{total, fmt.Errorf("read: %w", err)}
+						return
+					}
+				}
+			}()
+		}
+	}()
+	streams := make([]muxes.Stream, n)
+	for i := range streams {
+		st, err := p.open(r.ctx)
+		if err != nil {
+			return nil, fmt.Errorf("open: %w", err)
+		}
+		defer st.Close()
+		streams[i] = st
+	}
+	buf := bytes.Repeat([]byte("polymux!"), writeSize/8)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	end := start.Add(b.duration)
+	werrs := make(chan error, n)
+	for _, st := range streams {
+		go func() {
+			for time.Now().Before(end) {
+				if _, err := st.Write(buf); err != nil {
+					werrs <- fmt.Errorf("write: %w", err)
+					return
+				}
+			}
+			werrs <- st.CloseWrite()
+		}()
+	}
+	var total int64
+	var firstErr error
+	for range n {
+		if err := <-werrs; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	for range n {
+		res := <-results
+		total += res.n
+		if res.err != nil && firstErr == nil {
+			firstErr = res.err
+		}
+	}
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	out := map[string]float64{}
+	rate := float64(total) / elapsed.Seconds() / mb
+	switch n {
+	case 1:
+		out[mBulk1.key] = rate
+		out[mAllocs.key] = float64(after.Mallocs-before.Mallocs) / (float64(total) / (1 << 20))
+	case 16:
+		out[mBulk16.key] = rate
+	case 256:
+		out[mBulk256.key] = rate
+	}
+	return out, nil
+}
+
+// rpc: conc callers each loop until b.duration has passed: open a stream,
+// write 64 B, read the 64 B echo, close. The server reads the request,
+// echoes it, and closes once the caller has. On raw TCP a call dials a
+// connection and closes it with SO_LINGER 0, so no TIME_WAIT piles up.
+func (b *bench) rpc(r *cellRun, conc int) (map[string]float64, error) {
+	p := r.pair
+	go func() {
+		for {
+			st, err := p.accept(r.ctx)
+			if err != nil {
+				return
+			}
+			go func() {
+				defer st.Close()
+				var req [rpcSize]byte
+				if _, err := io.ReadFull(st, req[:]); err != nil {
+					return
+				}
+				if _, err := st.Write(req[:]); err != nil {
+					return
+				}
+				io.Copy(io.Discard, struct{ io.Reader }{st}) // until the caller closes
+			}()
+		}
+	}()
+	start := time.Now()
+	end := start.Add(b.duration)
+	var mu sync.Mutex
+	var lats []time.Duration
+	var firstErr error
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			req := bytes.Repeat([]byte{'r'}, rpcSize)
+			reply := make([]byte, rpcSize)
+			var err error
+			for time.Now().Before(end) {
+				t0 := time.Now()
+				if err = call(r.ctx, p, req, reply); err != nil {
+					break
+				}
+				mine = append(mine, time.Since(t0))
+				r.progress.Add(1)
+			}
+			mu.Lock()
+			lats = append(lats, mine...)
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if len(lats) == 0 {
+		return nil, fmt.Errorf("no call completed")
+	}
+	slices.Sort(lats)
+	us := func(q float64) float64 {
+		return float64(lats[int(q*float64(len(lats)-1))]) / float64(time.Microsecond)
+	}
+	ops := float64(len(lats)) / elapsed.Seconds()
+	if conc == 1 {
+		return map[string]float64{mRPC.key: ops, mRPC50.key: us(0.50), mRPC99.key: us(0.99)}, nil
+	}
+	return map[string]float64{mRPC64.key: ops, mRPC6450.key: us(0.50), mRPC6499.key: us(0.99)}, nil
+}
+
+// call is one rpc.
+func call(ctx context.Context, p *pair, req, reply []byte) error {
+	st, err := p.open(ctx)
+	if err != nil {
+		return fmt.Errorf("open: %w", err)
+	}
+	if tc, ok := st.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	defer st.Close()
+	if _, err := st.Write(req); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if _, err := io.ReadFull(st, reply); err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if !bytes.Equal(req, reply) {
+		return fmt.Errorf("echo %q, want %q", reply, req)
+	}
+	return nil
+}
+
+// idle: b.idleStreams streams opened, one byte written on each (muxado
+// opens lazily) and read by the server, then left open. Figures: heap
+// growth after GC and goroutine growth, both ends, per stream.
+func (b *bench) idle(r *cellRun) (map[string]float64, error) {
+	p := r.pair
+	n := b.idleStreams
+	if r.c.isRaw() && n > b.rawIdleLimit {
+		n = b.rawIdleLimit
+		r.note = fmt.Sprintf("%d connections (file descriptor limit)", n)
+	}
+	var mu sync.Mutex
+	var served []muxes.Stream
+	acceptErr := make(chan error, 1)
+	go func() {
+		for {
+			st, err := p.accept(r.ctx)
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			var one [1]byte
+			if _, err := io.ReadFull(st, one[:]); err != nil {
+				acceptErr <- fmt.Errorf("read: %w", err)
+				return
+			}
+			mu.Lock()
+			served = append(served, st)
+			mu.Unlock()
+			r.progress.Add(1)
+		}
+	}()
+	heapBefore, gBefore := settle()
+	opened := make([]muxes.Stream, 0, n)
+	defer func() {
+		for _, st := range opened {
+			st.Close()
+		}
+	}()
+	for range n {
+		st, err := p.open(r.ctx)
+		if err != nil {
+			return nil, fmt.Errorf("open %d: %w", len(opened)+1, err)
+		}
+		opened = append(opened, st)
+		if _, err := st.Write([]byte{1}); err != nil {
+			return nil, fmt.Errorf("write: %w", err)
+		}
+		r.progress.Add(1)
+	}
+	for {
+		mu.Lock()
+		got := len(served)
+		mu.Unlock()
+		if got == n {
+			break
+		}
+		select {
+		case err := <-acceptErr:
+			return nil, fmt.Errorf("accept %d: %w", got+1, err)
+		case <-r.ctx.Done():
+			return nil, r.ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	heapAfter, gAfter := settle()
+	mu.Lock()
+	runtime.KeepAlive(served)
+	mu.Unlock()
+	runtime.KeepAlive(opened)
+	return map[string]float64{
+		mIdleHeap.key:   float64(int64(heapAfter)-int64(heapBefore)) / float64(n),
+		mIdleGorout.key: float64(gAfter-gBefore) / float64(n),
+	}, nil
+}
+
+// settle collects garbage and returns the live heap and the goroutine count.
+func settle() (heap uint64, goroutines int) {
+	time.Sleep(20 * time.Millisecond)
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc, runtime.NumGoroutine()
+}
+
+// slowReader: stream A is written as fast as the library lets, and the
+// server never reads it; meanwhile stream B carries b.slowSize bytes.
+// Figure: B's MB/s, or a failure if B stalls.
+func (b *bench) slowReader(r *cellRun) (map[string]float64, error) {
+	p := r.pair
+	aArrived := make(chan muxes.Stream, 1)
+	bDone := make(chan error, 1)
+	var bRead atomic.Int64
+	go func() {
+		for range 2 {
+			st, err := p.accept(r.ctx)
+			if err != nil {
+				bDone <- fmt.Errorf("accept: %w", err)
+				return
+			}
+			var tag [1]byte
+			if _, err := io.ReadFull(st, tag[:]); err != nil {
+				bDone <- fmt.Errorf("read tag: %w", err)
+				return
+			}
+			if tag[0] == 'A' {
+				aArrived <- st // held, never read
+				continue
+			}
+			go func() {
+				defer st.Close()
+				buf := make([]byte, writeSize)
+				for {
+					k, err := st.Read(buf)
+					bRead.Add(int64(k))
+					r.progress.Add(int64(k))
+					if err == io.EOF {
+						bDone <- nil
+						return
+					}
+					if err != nil {
+						bDone <- fmt.Errorf("read B: %w", err)
+						return
+					}
+				}
+			}()
+		}
+	}()
+	// A is never closed here: its writer stays blocked on the window until
+	// the cell closes the session. (Closing it now would hang on muxado,
+	// whose Close waits for the stream lock that a Write blocked on the
+	// window holds.)
+	a, err := p.open(r.ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open A: %w", err)
+	}
+	buf := bytes.Repeat([]byte("polymux!"), writeSize/8)
+	if _, err := a.Write([]byte{'A'}); err != nil {
+		return nil, fmt.Errorf("write A: %w", err)
+	}
+	var aServer muxes.Stream
+	select {
+	case aServer = <-aArrived:
+	case err := <-bDone:
+		return nil, err
+	case <-r.ctx.Done():
+		return nil, r.ctx.Err()
+	}
+	// Hold the server's A until the end: xtaci/smux closes accepted streams
+	// the garbage collector finds unreachable (xtaci/smux#116).
+	defer runtime.KeepAlive(aServer)
+	var aWritten atomic.Int64
+	go func() {
+		for {
+			k, err := a.Write(buf)
+			aWritten.Add(int64(k))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	bs, err := p.open(r.ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open B: %w", err)
+	}
+	defer bs.Close()
+	if _, err := bs.Write([]byte{'B'}); err != nil {
+		return nil, fmt.Errorf("write B: %w", err)
+	}
+	start := time.Now()
+	for left := b.slowSize; left > 0; {
+		k := min(left, len(buf))
+		if _, err := bs.Write(buf[:k]); err != nil {
+			return nil, fmt.Errorf("write B: %w", err)
+		}
+		left -= k
+	}
+	if err := bs.CloseWrite(); err != nil {
+		return nil, fmt.Errorf("CloseWrite B: %w", err)
+	}
+	select {
+	case err := <-bDone:
+		if err != nil {
+			return nil, err
+		}
+	case <-r.ctx.Done():
+		return nil, fmt.Errorf("stream B stopped after %d of %d bytes (A's writer got %d out): %w", bRead.Load(), b.slowSize, aWritten.Load(), r.ctx.Err())
+	}
+	elapsed := time.Since(start)
+	r.note = fmt.Sprintf("A's writer got %d bytes out", aWritten.Load())
+	return map[string]float64{mSlow.key: float64(b.slowSize) / elapsed.Seconds() / mb}, nil
+}
