@@ -125,3 +125,45 @@ func TestSessionCloseSendsGoAwayNormal(t *testing.T) {
 		t.Fatalf("GoAway code %d, want 0", f.Value)
 	}
 }
+
+func TestStreamIDsRunOutWithErrStreamsExhausted(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		last := e.caps().MaxStreamID // odd: the client's parity
+		cli.mu.Lock()
+		cli.nextID = last - 2
+		cli.mu.Unlock()
+		for _, want := range []uint32{last - 2, last} {
+			a, b := openAccept(t, cli, srv)
+			if a.ID() != want {
+				t.Fatalf("opened stream %d, want %d", a.ID(), want)
+			}
+			if err := roundTripOnce(a, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := cli.OpenStream(ctx(t)); !errors.Is(err, ErrStreamsExhausted) {
+			t.Fatalf("open past the last id: %v, want ErrStreamsExhausted", err)
+		}
+	})
+}
+
+func TestMuxadoRefusesALazyOpenWithOneReset(t *testing.T) {
+	checkLeaks(t)
+	s, peer := newRawPeer(t, MuxadoV2, true, &Config{MaxIncomingStreams: 1})
+	peer.send(wire.Frame{Type: wire.TypeData, Flags: wire.FlagSYN, Stream: 3, Length: 2}, []byte("hi"))
+	if _, err := s.AcceptStream(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	// The second open carries data, as muxado's lazy open does: it is
+	// refused with exactly one RST (refused), not a second for its data.
+	peer.send(wire.Frame{Type: wire.TypeData, Flags: wire.FlagSYN, Stream: 5, Length: 2}, []byte("hi"))
+	peer.send(wire.Frame{Type: wire.TypeData, Flags: wire.FlagSYN, Stream: 7, Length: 0}, nil)
+	var resets []wire.Frame
+	for len(resets) < 2 {
+		resets = append(resets, peer.expect("RST", func(f wire.Frame) bool { return f.Flags&wire.FlagRST != 0 }))
+	}
+	if resets[0].Stream != 5 || wire.Code(resets[0].Value) != wire.CodeRefused || resets[1].Stream != 7 {
+		t.Fatalf("resets %v, want one for stream 5 (refused) then one for 7", resets)
+	}
+}

@@ -710,6 +710,9 @@ func (s *Session) handleStream(f wire.Frame) error {
 		if st, err = s.incoming(f.Stream); err != nil {
 			return err
 		}
+		if st == nil { // refused, and already answered
+			return s.skip(f)
+		}
 	} else {
 		s.mu.Lock()
 		st = s.streams[f.Stream]
