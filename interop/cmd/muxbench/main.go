@@ -253,7 +253,7 @@ func (b *bench) runCell(w workload, c contender) outcome {
 	if err != nil {
 		return outcome{err: fmt.Errorf("setup: %w", err)}
 	}
-	defer p.close()
+	defer closeWithin(p, 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r := &cellRun{ctx: ctx, pair: p, c: c}
@@ -292,13 +292,31 @@ func (b *bench) runCell(w workload, c contender) outcome {
 		fmt.Fprintf(b.progress, "%s %s: %v; goroutines:\n%s\n", w.name, c.name, failure, buf[:runtime.Stack(buf, true)])
 	}
 	cancel()
-	p.close()
+	if !closeWithin(p, 5*time.Second) {
+		failure = fmt.Errorf("%w; closing its sessions hung", failure)
+	}
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		failure = fmt.Errorf("%w; the workload did not return after its connections were closed", failure)
 	}
 	return outcome{err: failure, note: r.note}
+}
+
+// closeWithin closes p, giving up (and leaving a goroutine behind) if a
+// library's Close hangs longer than d. It reports whether p closed.
+func closeWithin(p *pair, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		p.close()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // cpuModel is the CPU's model name from /proc/cpuinfo.
