@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -266,8 +267,8 @@ func TestConnectionFaults(t *testing.T) {
 				cfg := &Config{
 					Protocol:          proto,
 					WriteTimeout:      time.Second,
-					KeepAliveInterval: 200 * time.Millisecond,
-					KeepAliveTimeout:  500 * time.Millisecond,
+					KeepAliveInterval: 500 * time.Millisecond,
+					KeepAliveTimeout:  time.Second,
 				}
 				c1, c2 := tcpPair(t)
 				fc := newFaultConn(c1, kind, at)
@@ -369,8 +370,13 @@ func TestConnectionFaults(t *testing.T) {
 				}()
 				select {
 				case <-fc.fired:
+				case <-cli.Done():
+					t.Fatalf("the session ended before the fault: %v", cli.Err())
+				case <-allDone:
+					t.Fatal("the workload ended before the fault")
 				case <-time.After(30 * time.Second):
-					t.Fatal("the fault never fired")
+					buf := make([]byte, 1<<20)
+					t.Fatalf("the fault never fired\n%s", buf[:runtime.Stack(buf, true)])
 				}
 				faultAt := time.Now()
 				select {
