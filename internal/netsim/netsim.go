@@ -55,7 +55,7 @@ type queue struct {
 	mu       sync.Mutex // guards the fields below
 	segs     []segment  // in flight, oldest first
 	inflight int        // bytes in segs
-	free     time.Time // when the link finishes sending what it holds
+	free     time.Time  // when the link finishes sending what it holds
 	closed   bool
 	changed  chan struct{} // closed and replaced on every change
 	rdl, wdl time.Time
