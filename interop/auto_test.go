@@ -43,7 +43,7 @@ func TestAutoListener(t *testing.T) {
 	}
 	e.watchdog(time.Minute)
 
-	e.go_(func() {
+	e.spawn(func() {
 		for {
 			s, err := ln.Accept()
 			if err != nil {

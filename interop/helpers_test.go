@@ -81,7 +81,7 @@ type env struct {
 	cell           cell
 	ctx            context.Context // done when the watchdog fires or the test ends
 	client, server muxes.Session
-	wg             sync.WaitGroup // goroutines started with e.go
+	wg             sync.WaitGroup // goroutines started with e.spawn
 	closeOnce      sync.Once
 	closeAll       func()
 }
@@ -115,7 +115,7 @@ func newEnv(t *testing.T, c cell, o muxes.Options, timeout time.Duration) *env {
 
 // watchdog bounds the test: after timeout, e.closeAll runs and the test
 // fails with a goroutine dump. It registers the cleanup that closes
-// everything and waits for the goroutines of e.go.
+// everything and waits for the goroutines of e.spawn.
 func (e *env) watchdog(timeout time.Duration) {
 	t := e.t
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -130,11 +130,8 @@ func (e *env) watchdog(timeout time.Duration) {
 	t.Cleanup(func() {
 		timedOut := ctx.Err() == context.DeadlineExceeded
 		cancel()
-		if stop() {
-			e.closeAll()
-		} else {
-			e.closeAll() // waits for the watchdog's own call to finish
-		}
+		stop()
+		e.closeAll() // if the watchdog fired, this waits for its call to finish
 		done := make(chan struct{})
 		go func() { e.wg.Wait(); close(done) }()
 		select {
@@ -149,8 +146,8 @@ func (e *env) watchdog(timeout time.Duration) {
 	})
 }
 
-// go runs f in a goroutine the test waits for at its end.
-func (e *env) go_(f func()) {
+// spawn runs f in a goroutine the test waits for at its end.
+func (e *env) spawn(f func()) {
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -185,13 +182,13 @@ func (e *env) pmSide() muxes.Session {
 // serveEcho accepts streams on s until it ends and echoes each: everything
 // read is written back, then the stream is half-closed and closed.
 func (e *env) serveEcho(s muxes.Session) {
-	e.go_(func() {
+	e.spawn(func() {
 		for {
 			st, err := s.Accept(e.ctx)
 			if err != nil {
 				return
 			}
-			e.go_(func() { echo(st) })
+			e.spawn(func() { echo(st) })
 		}
 	})
 }

@@ -68,7 +68,7 @@ func TestHalfClose(t *testing.T) {
 			t.Run(fmt.Sprintf("%dB", size), func(t *testing.T) {
 				e := newEnv(t, c, muxes.Options{}, 30*time.Second)
 				acceptErr := make(chan error, 1)
-				e.go_(func() {
+				e.spawn(func() {
 					st, err := e.server.Accept(e.ctx)
 					if err != nil {
 						acceptErr <- err
@@ -157,14 +157,14 @@ type hashed struct {
 // drops what it receives after its own CloseWrite (see TestHalfClose).
 func (e *env) acceptHashes(s muxes.Session, n int) <-chan hashed {
 	ch := make(chan hashed, n)
-	e.go_(func() {
+	e.spawn(func() {
 		for range n {
 			st, err := s.Accept(e.ctx)
 			if err != nil {
 				ch <- hashed{err: err}
 				return
 			}
-			e.go_(func() {
+			e.spawn(func() {
 				defer st.Close()
 				n, sum, err := readAllHash(st)
 				ch <- hashed{n: n, sum: sum, err: err}
@@ -192,7 +192,7 @@ func TestUnreadStream(t *testing.T) {
 		// The server reads each stream's one-byte tag, then B to EOF.
 		aCh := make(chan muxes.Stream, 1)
 		bGot := make(chan hashed, 1)
-		e.go_(func() {
+		e.spawn(func() {
 			for range 2 {
 				st, err := e.server.Accept(e.ctx)
 				if err != nil {
@@ -208,7 +208,7 @@ func TestUnreadStream(t *testing.T) {
 					aCh <- st // never read again
 					continue
 				}
-				e.go_(func() {
+				e.spawn(func() {
 					defer st.Close()
 					n, sum, err := readAllHash(st)
 					bGot <- hashed{n: n, sum: sum, err: err}
@@ -304,7 +304,7 @@ func testSmuxV1Stall(t *testing.T, c cell) {
 	e := newEnv(t, c, muxes.Options{SessionBuffer: 4 << 20}, 30*time.Second)
 	aCh := make(chan muxes.Stream, 1)
 	var bRead atomic.Int64
-	e.go_(func() {
+	e.spawn(func() {
 		for range 2 {
 			st, err := e.server.Accept(e.ctx)
 			if err != nil {
@@ -318,7 +318,7 @@ func testSmuxV1Stall(t *testing.T, c cell) {
 				aCh <- st
 				continue
 			}
-			e.go_(func() {
+			e.spawn(func() {
 				buf := make([]byte, 64<<10)
 				for {
 					n, err := st.Read(buf)
@@ -341,7 +341,7 @@ func testSmuxV1Stall(t *testing.T, c cell) {
 	defer aServer.Close()
 	// Fill smux's 4 MiB session buffer with A's data.
 	var aWritten atomic.Int64
-	e.go_(func() {
+	e.spawn(func() {
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := a.Write(buf)
@@ -353,7 +353,7 @@ func testSmuxV1Stall(t *testing.T, c cell) {
 	})
 	b := e.open(e.client)
 	var bWritten atomic.Int64
-	e.go_(func() {
+	e.spawn(func() {
 		if _, err := b.Write([]byte{'B'}); err != nil {
 			return
 		}
@@ -401,7 +401,7 @@ func TestReset(t *testing.T) {
 
 		// 1. polymux resets.
 		acc := make(chan muxes.Stream, 1)
-		e.go_(func() {
+		e.spawn(func() {
 			st, err := acceptor.Accept(e.ctx)
 			if err == nil {
 				acc <- st
@@ -500,7 +500,7 @@ func TestReset(t *testing.T) {
 func (e *env) pair(opener, acceptor muxes.Session) (muxes.Stream, muxes.Stream) {
 	e.t.Helper()
 	acc := make(chan muxes.Stream, 1)
-	e.go_(func() {
+	e.spawn(func() {
 		st, err := acceptor.Accept(e.ctx)
 		if err == nil {
 			acc <- st

@@ -47,6 +47,8 @@ type bench struct {
 	opts         muxes.Options
 	progress     io.Writer
 	stacks       bool
+	loadBefore   string
+	loadAfter    string
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -112,6 +114,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
+	b.loadBefore = loadAvg()
 	res := b.runAll(workloads, contenders)
 	rep := b.report(workloads, contenders, res)
 	if *jsonOut {

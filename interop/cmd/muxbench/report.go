@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -26,6 +27,9 @@ type machine struct {
 	GoVersion  string `json:"go_version"`
 	OS         string `json:"os"`
 	Arch       string `json:"arch"`
+	// LoadAvg is the 1-minute load average before and after the run, from
+	// /proc/loadavg: above 0 + a little, something else shared the CPUs.
+	LoadAvg [2]string `json:"load_average"`
 }
 
 type settings struct {
@@ -67,6 +71,7 @@ type cell struct {
 }
 
 func (b *bench) report(workloads []workload, contenders []contender, res results) report {
+	b.loadAfter = loadAvg()
 	rep := report{
 		Machine: machine{
 			NumCPU:     runtime.NumCPU(),
@@ -75,6 +80,7 @@ func (b *bench) report(workloads []workload, contenders []contender, res results
 			GoVersion:  runtime.Version(),
 			OS:         runtime.GOOS,
 			Arch:       runtime.GOARCH,
+			LoadAvg:    [2]string{b.loadBefore, b.loadAfter},
 		},
 		Settings: settings{
 			Reps:              b.reps,
@@ -229,8 +235,8 @@ func (c cell) String() string {
 
 func writeMarkdown(w io.Writer, rep report) {
 	m := rep.Machine
-	fmt.Fprintf(w, "Machine: %d CPUs (GOMAXPROCS %d), %s, %s %s/%s. %d repetitions; timed workloads run %gs per cell.\n\n",
-		m.NumCPU, m.GOMAXPROCS, m.CPU, m.GoVersion, m.OS, m.Arch, rep.Settings.Reps, rep.Settings.DurationSeconds)
+	fmt.Fprintf(w, "Machine: %d CPUs (GOMAXPROCS %d), %s, %s %s/%s; 1-minute load average %s before the run, %s after. %d repetitions; timed workloads run %gs per cell.\n\n",
+		m.NumCPU, m.GOMAXPROCS, m.CPU, m.GoVersion, m.OS, m.Arch, m.LoadAvg[0], m.LoadAvg[1], rep.Settings.Reps, rep.Settings.DurationSeconds)
 	fmt.Fprint(w, "| library |")
 	for _, mi := range rep.Metrics {
 		fmt.Fprintf(w, " %s |", mi.Header)
@@ -273,6 +279,19 @@ func writeMarkdown(w io.Writer, rep report) {
 			fmt.Fprintf(w, "- %s, %s: %s\n", r.Library, mi.Workload, strings.Join(parts, "; "))
 		}
 	}
+}
+
+// loadAvg is the 1-minute load average from /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "unknown"
+	}
+	return f[0]
 }
 
 func writeJSON(w io.Writer, rep report) error {
