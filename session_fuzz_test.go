@@ -18,8 +18,9 @@ import (
 	"github.com/polymux/polymux/internal/wire"
 )
 
-// fuzzBuffer is the MaxSessionBuffer of the fuzzed server.
-const fuzzBuffer = 1 << 20
+// fuzzBuffer is the MaxSessionBuffer of the fuzzed server: the smallest
+// allowed, one stream window, so that a few streams exceed it.
+const fuzzBuffer = 256 << 10
 
 // fuzzSeedStreams returns, per protocol, byte streams a client could send:
 // well-formed sessions and a few broken ones.
@@ -45,6 +46,10 @@ func fuzzSeedStreams(proto Protocol) [][]byte {
 		enc(synFrame(id), dataFrame(id, 5), finFrame(id)),
 		enc(synFrame(id), synFrame(id+2), dataFrame(id, 100), dataFrame(id+2, 3000), finFrame(id+2), finFrame(id)),
 		enc(synFrame(id), dataFrame(id, 65535), dataFrame(id, 65535)),
+		// Three streams of 128 KiB each: more than the session buffer.
+		enc(synFrame(id), synFrame(id+2), synFrame(id+4),
+			dataFrame(id, 65535), dataFrame(id+2, 65535), dataFrame(id+4, 65535),
+			dataFrame(id, 65535), dataFrame(id+2, 65535), dataFrame(id+4, 65535)),
 		enc(synFrame(id), dataFrame(id, 0), finFrame(id), synFrame(id+2)),
 		enc(synFrame(id), synFrame(id)),
 		enc(synFrame(id + 1)),
