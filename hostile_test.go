@@ -49,12 +49,29 @@ func TestHostilePingFloodNeverReadingTheReplies(t *testing.T) {
 		t.Fatalf("the flooded session closed: %v", s.Err())
 	}
 	// The flood costs only the replies: once the peer reads again, a ping
-	// is answered.
+	// is answered (sent again while the queue may still be full).
 	const last = 0xfeedface
-	if err := p.send(wire.Frame{Type: wire.TypePing, Flags: wire.FlagSYN, Value: last}, nil); err != nil {
-		t.Fatal(err)
+	answered := make(chan struct{})
+	var once sync.Once
+	p.readFrames(func(f wire.Frame, _ []byte) {
+		if f.Type == wire.TypePing && f.Value == last {
+			once.Do(func() { close(answered) })
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if err := p.send(wire.Frame{Type: wire.TypePing, Flags: wire.FlagSYN, Value: last}, nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-answered:
+		case <-time.After(100 * time.Millisecond):
+			if time.Now().Before(deadline) {
+				continue
+			}
+			t.Fatal("a ping sent after the flood was never answered")
+		}
+		break
 	}
-	p.expect("the pong of the last ping", func(f wire.Frame) bool { return f.Type == wire.TypePing && f.Value == last })
 	h.checkGood(good, Yamux)
 }
 
@@ -80,11 +97,14 @@ func TestHostileRapidReset(t *testing.T) {
 				var served atomic.Int64
 				wait := serve(s, func(st *Stream) {
 					served.Add(1)
-					if _, err := st.Write(make([]byte, rapidResponse)); err != nil {
+					if _, err := st.Write(rapidBody[:]); err != nil {
 						st.Close()
 						return
 					}
-					echo(st)
+					buf := copyBufs.Get().(*[]byte)
+					defer copyBufs.Put(buf)
+					io.CopyBuffer(st, st, *buf)
+					st.CloseWrite()
 				})
 				defer wait()
 				defer s.Close()
@@ -178,6 +198,11 @@ func TestHostileRapidReset(t *testing.T) {
 // rapidResponse is what the application of TestHostileRapidReset writes
 // on each stream before echoing it.
 const rapidResponse = 4 << 10
+
+var rapidBody [rapidResponse]byte
+
+// copyBufs keeps the test's own garbage out of the heap it measures.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
 
 func TestHostileStreamOpenFlood(t *testing.T) {
 	// A peer opens stream after stream and never reads our replies. With
@@ -519,7 +544,8 @@ func TestHostileDataDribble(t *testing.T) {
 				t.Errorf("%d allocations for %d bytes: the writer allocates per byte", allocs, dribble)
 			}
 			// The writer still holds 1000 bytes and no credit: it waits
-			// without spinning.
+			// without spinning. (Its counters settle first.)
+			time.Sleep(50 * time.Millisecond)
 			cpu0, _ = processCPU()
 			sent0 = s.Stats().FramesSent
 			time.Sleep(300 * time.Millisecond)
@@ -826,7 +852,13 @@ func TestHostileMalformedFrames(t *testing.T) {
 			h := newHostileServer(t, nil)
 			good := h.dialGood(c.proto)
 			p, s := h.dialRaw(c.proto)
-			wait := serve(s, echo)
+			// The application echoes every stream but the first, which it
+			// leaves unread: a window it read could be refilled in time.
+			wait := serve(s, func(st *Stream) {
+				if st.ID() != p.clientID(0) {
+					echo(st)
+				}
+			})
 			defer wait()
 			defer s.Close()
 			hw := watchHeap(t)
@@ -914,4 +946,48 @@ func TestHostileTruncatedFramesAtEOF(t *testing.T) {
 			})
 		}
 	}
+}
+
+func TestClosedStreamsStopTheirDeadlineTimers(t *testing.T) {
+	// A server that sets a deadline on every stream it serves and closes
+	// the stream before it passes must not keep a timer (and, when it
+	// fires, a goroutine) per closed stream until the deadline: a peer
+	// opening streams at a high rate would pile them up.
+	t.Skip("BUG: a stream closed and forgotten before its session ends keeps its read and write deadline timers armed until they fire; reported")
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, b := openAccept(t, cli, srv)
+		for _, st := range []*Stream{a, b} {
+			st.SetDeadline(time.Now().Add(time.Hour))
+		}
+		a.Close()
+		b.Close()
+		eventually(t, 5*time.Second, "streams forgotten", func() bool { return cli.NumStreams()+srv.NumStreams() == 0 })
+		for _, st := range []*Stream{a, b} {
+			for name, d := range map[string]*deadline{"read": &st.rdl, "write": &st.wdl} {
+				d.mu.Lock()
+				armed := d.timer != nil && d.timer.Stop()
+				d.mu.Unlock()
+				if armed {
+					t.Errorf("stream %d: closed and forgotten, its %s deadline timer is still armed", st.ID(), name)
+				}
+			}
+		}
+	})
+}
+
+func TestDeadlinesCanBeSetAfterTheSessionEnds(t *testing.T) {
+	// An application that clears or moves a deadline on a stream whose
+	// session has just ended (the peer went away) must not block.
+	t.Skip("BUG: SetDeadline on a stream whose session ended while a deadline was armed blocks forever (deadline.stop leaves a stopped timer that set then waits on); reported")
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, _ := openAccept(t, cli, srv)
+		a.SetDeadline(time.Now().Add(time.Hour))
+		cli.Close()
+		within(t, 5*time.Second, "SetDeadline after the session ended", func() {
+			a.SetDeadline(time.Time{})
+			a.SetReadDeadline(time.Now().Add(time.Hour))
+		})
+	})
 }

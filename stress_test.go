@@ -82,6 +82,7 @@ func stressOpen(s *Session, r *rand.Rand) error {
 	}
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(60 * time.Second))
+	defer st.SetDeadline(time.Time{}) // stops the timers
 	behaviour := r.IntN(stressBehaviours)
 	seed := r.Uint64()
 	up, down := stressSize(r), stressSize(r)
@@ -148,6 +149,7 @@ func stressOpen(s *Session, r *rand.Rand) error {
 func stressAccept(st *Stream) error {
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(60 * time.Second))
+	defer st.SetDeadline(time.Time{}) // stops the timers
 	hdr := make([]byte, stressHeaderLen)
 	if _, err := io.ReadFull(st, hdr); err != nil {
 		// The opener reset the stream before its header went out (Reset
