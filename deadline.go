@@ -54,12 +54,14 @@ func (d *deadline) wait() chan struct{} {
 // expired reports whether the deadline has passed.
 func (d *deadline) expired() bool { return isClosed(d.wait()) }
 
-// stop releases the timer, if any.
+// stop releases the timer, if any; a deadline that already passed stays
+// passed, and set may re-arm it later.
 func (d *deadline) stop() {
 	d.mu.Lock()
-	if d.timer != nil {
-		d.timer.Stop()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.cancel // the timer fired: wait for it to close cancel
 	}
+	d.timer = nil
 	d.mu.Unlock()
 }
 

@@ -87,9 +87,6 @@ func TestHostileRapidReset(t *testing.T) {
 				name = proto.String() + "/peer never reads"
 			}
 			t.Run(name, func(t *testing.T) {
-				if !reads && (proto == Yamux || proto == MuxadoV2) {
-					t.Skip("BUG: the writer's queues keep reset, forgotten streams while its connection write is blocked, so memory grows with every open-and-reset until WriteTimeout; reported")
-				}
 				checkLeaks(t)
 				h := newHostileServer(t, nil)
 				good := h.dialGood(proto)
@@ -953,7 +950,6 @@ func TestClosedStreamsStopTheirDeadlineTimers(t *testing.T) {
 	// the stream before it passes must not keep a timer (and, when it
 	// fires, a goroutine) per closed stream until the deadline: a peer
 	// opening streams at a high rate would pile them up.
-	t.Skip("BUG: a stream closed and forgotten before its session ends keeps its read and write deadline timers armed until they fire; reported")
 	forEach(t, func(t *testing.T, e env) {
 		cli, srv := e.pair(t, nil, nil)
 		a, b := openAccept(t, cli, srv)
@@ -979,7 +975,6 @@ func TestClosedStreamsStopTheirDeadlineTimers(t *testing.T) {
 func TestDeadlinesCanBeSetAfterTheSessionEnds(t *testing.T) {
 	// An application that clears or moves a deadline on a stream whose
 	// session has just ended (the peer went away) must not block.
-	t.Skip("BUG: SetDeadline on a stream whose session ended while a deadline was armed blocks forever (deadline.stop leaves a stopped timer that set then waits on); reported")
 	forEach(t, func(t *testing.T, e env) {
 		cli, srv := e.pair(t, nil, nil)
 		a, _ := openAccept(t, cli, srv)

@@ -363,7 +363,16 @@ func (s *Session) forget(st *Stream) {
 	st.backlogged = false
 	wasUnacked := !st.acked
 	st.acked = true
+	pendingFIN := st.finQueued && !st.finSent && (st.err == nil || !s.caps.Reset)
+	if !st.needRST && !pendingFIN {
+		st.needSYN, st.needACK, st.needUpdate = false, false, false
+		st.gone.Store(true)
+	}
 	st.mu.Unlock()
+	// A forgotten stream's calls return at once (data, EOF or its error),
+	// so its deadline timers need not stay armed.
+	st.rdl.stop()
+	st.wdl.stop()
 	s.mu.Lock()
 	if s.streams[st.id] == st {
 		delete(s.streams, st.id)

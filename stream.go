@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/polymux/polymux/internal/flow"
@@ -59,6 +60,9 @@ type Stream struct {
 	acceptPrev, acceptNext *Stream
 	// Guarded by sess.w.mu: membership of the writer's queues.
 	inCtrl, inData bool
+	// gone: forgotten by the session with nothing left to send, so the
+	// writer's queues may drop it.
+	gone atomic.Bool
 }
 
 func newStream(sess *Session, id uint32, local bool) *Stream {
@@ -353,6 +357,9 @@ func (s *Stream) Close() error {
 	notify(s.writeCh)
 	forget := s.doneLocked()
 	s.mu.Unlock()
+	// Every call on a closed stream returns at once: no deadline is needed.
+	s.rdl.stop()
+	s.wdl.stop()
 	if forget {
 		s.sess.forget(s)
 	}

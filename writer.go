@@ -2,6 +2,7 @@ package polymux
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -21,6 +22,9 @@ const (
 	// maxRefusals bounds RSTs for streams not in the table (refused opens,
 	// data for closed streams) waiting to be written.
 	maxRefusals = 1024
+	// minCompact is the queue length below which dead streams are left for
+	// the writer to skip rather than compacted out.
+	minCompact = 64
 	// goAwayWait bounds how long Close spends on the final GoAway.
 	goAwayWait = 250 * time.Millisecond
 	// nopInterval is how often a NOP goes out on a connection this side
@@ -61,6 +65,8 @@ type writer struct {
 	nop        bool
 	refusals   []refusal
 	front      []*Stream // spare for requeue
+	ctrlLimit  int       // compact ctrlQ past this length
+	dataLimit  int       // compact dataQ past this length
 
 	// Owned by the writer goroutine.
 	ctrl, round, next, spare []*Stream
@@ -85,6 +91,7 @@ type writer struct {
 func (w *writer) init(s *Session) {
 	w.s = s
 	w.wakeCh = make(chan struct{}, 1)
+	w.ctrlLimit, w.dataLimit = minCompact, minCompact
 	w.hdrs = make([]byte, 0, headerArena)
 	switch s.conn.(type) {
 	case *net.TCPConn, *net.UnixConn:
@@ -97,9 +104,11 @@ func (w *writer) wake() { notify(w.wakeCh) }
 // queueCtrl asks the writer to send st's pending control frames.
 func (w *writer) queueCtrl(st *Stream) {
 	w.mu.Lock()
+	st.gone.Store(false)
 	if !st.inCtrl {
 		st.inCtrl = true
 		w.ctrlQ = append(w.ctrlQ, st)
+		w.ctrlQ = compact(w.ctrlQ, &w.ctrlLimit, func(st *Stream) { st.inCtrl = false })
 	}
 	w.mu.Unlock()
 	w.wake()
@@ -108,12 +117,35 @@ func (w *writer) queueCtrl(st *Stream) {
 // queueData asks the writer to send st's buffered data and pending FIN.
 func (w *writer) queueData(st *Stream) {
 	w.mu.Lock()
+	st.gone.Store(false)
 	if !st.inData {
 		st.inData = true
 		w.dataQ = append(w.dataQ, st)
+		w.dataQ = compact(w.dataQ, &w.dataLimit, func(st *Stream) { st.inData = false })
 	}
 	w.mu.Unlock()
 	w.wake()
+}
+
+// compact drops from q the streams the session forgot that have nothing
+// left to send, once q has doubled since the last time: while the
+// connection is blocked, a peer that opens and resets streams cannot make
+// the queues hold every stream it ever opened. w.mu must be held.
+func compact(q []*Stream, limit *int, unqueue func(*Stream)) []*Stream {
+	if len(q) <= *limit {
+		return q
+	}
+	kept := q[:0]
+	for _, st := range q {
+		if st.gone.Load() {
+			unqueue(st)
+			continue
+		}
+		kept = append(kept, st)
+	}
+	clear(q[len(kept):])
+	*limit = max(minCompact, 2*len(kept))
+	return kept
 }
 
 // queuePong queues a ping reply and reports whether there was room.
@@ -479,7 +511,12 @@ func (w *writer) write() error {
 	for _, b := range w.bufs {
 		w.stage = append(w.stage, b...)
 	}
-	_, err := s.conn.Write(w.stage)
+	n, err := s.conn.Write(w.stage)
+	if err == nil && n < len(w.stage) {
+		// A Write that breaks io.Writer's contract: the frames are cut, and
+		// the stream cannot be resynchronised.
+		err = io.ErrShortWrite
+	}
 	return err
 }
 
