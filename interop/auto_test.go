@@ -109,3 +109,37 @@ func TestAutoListener(t *testing.T) {
 func names(ps []polymux.Protocol) string {
 	return fmt.Sprint(ps)
 }
+
+// TestAutoServer: polymux.Server itself (no Listener) in Auto mode detects
+// each peer client's protocol from its first bytes.
+func TestAutoServer(t *testing.T) {
+	for _, lib := range muxes.Peers() {
+		t.Run(lib.Name, func(t *testing.T) {
+			checkLeaks(t)
+			cc, sc := tcpPair(t)
+			server, err := polymux.Server(sc, &polymux.Config{Protocol: polymux.Auto})
+			if err != nil {
+				cc.Close()
+				t.Fatal(err)
+			}
+			client, err := lib.Client(cc, muxes.Options{})
+			if err != nil {
+				server.Close()
+				t.Fatal(err)
+			}
+			e := &env{t: t, client: client, server: muxes.WrapPolymux(server)}
+			e.closeAll = func() {
+				e.closeOnce.Do(func() {
+					client.Close()
+					server.Close()
+				})
+			}
+			e.watchdog(30 * time.Second)
+			e.serveEcho(e.server)
+			e.runEchoClients(client, 4, 64<<10)
+			if got := server.Protocol(); got != lib.Protocol {
+				t.Errorf("Server in Auto mode speaks %v to a %s client, want %v", got, lib.Name, lib.Protocol)
+			}
+		})
+	}
+}
