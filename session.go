@@ -97,7 +97,9 @@ type pendingPing struct {
 func Client(conn net.Conn, cfg *Config) (*Session, error) { return newSession(conn, cfg, true) }
 
 // Server starts the server side of a session on conn. With Protocol Auto
-// it speaks yamux. The session owns conn from now on.
+// it detects the client's protocol from its first bytes (see
+// Config.DetectTimeout); Protocol reports Auto until then. The session owns
+// conn from now on.
 func Server(conn net.Conn, cfg *Config) (*Session, error) { return newSession(conn, cfg, false) }
 
 func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
