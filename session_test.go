@@ -350,9 +350,17 @@ func TestReadDeadlineTimesOutAndCanBeCleared(t *testing.T) {
 			t.Fatalf("Read past deadline: %v", err)
 		}
 		// A deadline in the past fails at once, even with data pending.
+		if _, err := a.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "the byte to arrive", func() bool { return srv.Stats().BufferedBytes+cli.Stats().BufferedBytes > 0 })
 		b.SetReadDeadline(time.Now().Add(-time.Second))
 		if _, err := b.Read(make([]byte, 1)); !errors.Is(err, ErrTimeout) {
-			t.Fatalf("past deadline: %v", err)
+			t.Fatalf("past deadline with data pending: %v", err)
+		}
+		b.SetReadDeadline(time.Time{})
+		if _, err := io.ReadFull(b, make([]byte, 1)); err != nil {
+			t.Fatalf("the pending byte after clearing the deadline: %v", err)
 		}
 		b.SetReadDeadline(time.Time{})
 		if err := roundTripOnce(a, b); err != nil {

@@ -112,6 +112,12 @@ func (s *Stream) Read(p []byte) (int, error) {
 			s.mu.Unlock()
 			return 0, ErrStreamClosed
 		}
+		if s.rdl.expired() {
+			// As with net.Conn: a passed deadline fails even with data
+			// waiting, which stays readable once the deadline moves.
+			s.mu.Unlock()
+			return 0, ErrTimeout
+		}
 		if s.recv.len() > 0 {
 			if len(p) == 0 {
 				s.mu.Unlock()
