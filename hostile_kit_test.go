@@ -482,3 +482,24 @@ func watchCtrl(t testing.TB, s *Session) (stop func()) {
 	t.Cleanup(stop)
 	return stop
 }
+
+// openFirst opens the raw peer's first stream and returns its id.
+func (p *rawPeer) openFirst(t testing.TB) uint32 {
+	t.Helper()
+	id := p.clientID(0)
+	if err := p.send(synFrame(id), nil); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// openFirstStream opens the raw peer's first stream and accepts it on s.
+func openFirstStream(t testing.TB, p *rawPeer, s *Session) (uint32, *Stream) {
+	t.Helper()
+	id := p.openFirst(t)
+	st, err := s.AcceptStream(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, st
+}

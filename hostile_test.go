@@ -340,10 +340,7 @@ func TestHostileEmptyFrameFlood(t *testing.T) {
 			wait := serve(s, echo)
 			defer wait()
 			defer s.Close()
-			id := p.clientID(0)
-			if err := p.send(synFrame(id), nil); err != nil {
-				t.Fatal(err)
-			}
+			id := p.openFirst(t)
 			eventually(t, 5*time.Second, "stream accepted", func() bool { return s.Stats().StreamsAccepted == 1 })
 			hw := watchHeap(t)
 			before := s.Stats()
@@ -393,10 +390,7 @@ func TestHostileWindowUpdateFlood(t *testing.T) {
 			wait := serve(s, echo)
 			defer wait()
 			defer s.Close()
-			id := p.clientID(0)
-			if err := p.send(synFrame(id), nil); err != nil {
-				t.Fatal(err)
-			}
+			id := p.openFirst(t)
 			var grow func(b []byte, i int) []byte
 			var overflow []byte
 			switch s.caps.Window {
@@ -461,14 +455,7 @@ func TestHostileDataDribble(t *testing.T) {
 			h := newHostileServer(t, nil)
 			good := h.dialGood(proto)
 			p, s := h.dialRaw(proto)
-			id := p.clientID(0)
-			if err := p.send(synFrame(id), nil); err != nil {
-				t.Fatal(err)
-			}
-			st, err := s.AcceptStream(ctx(t))
-			if err != nil {
-				t.Fatal(err)
-			}
+			id, st := openFirstStream(t, p, s)
 			dribble := scale(2000, 4)
 			data := randomBytes(protocolWindow + dribble + 1000)
 			type result struct {
@@ -907,14 +894,7 @@ func TestHostileTruncatedFramesAtEOF(t *testing.T) {
 				h := newHostileServer(t, nil)
 				good := h.dialGood(proto)
 				p, s := h.dialRaw(proto)
-				id := p.clientID(0)
-				if err := p.send(synFrame(id), nil); err != nil {
-					t.Fatal(err)
-				}
-				st, err := s.AcceptStream(ctx(t))
-				if err != nil {
-					t.Fatal(err)
-				}
+				id, st := openFirstStream(t, p, s)
 				b := c.bytes(p, id)
 				if proto == MuxadoV2 && c.name == "a control body cut short" {
 					b = append(muxadoRaw(4, 0, 0, id), 0, 0)[:10] // RST cut short
