@@ -327,7 +327,7 @@ func (w *writer) fill() int {
 	}
 	for i, st := range w.ctrl {
 		if !w.room(4) {
-			w.requeue(&w.ctrlQ, w.ctrl[i:], func(st *Stream) *bool { return &st.inCtrl })
+			w.requeueCtrl(w.ctrl[i:])
 			break
 		}
 		st.mu.Lock()
@@ -375,19 +375,19 @@ func (w *writer) dataRound() {
 	}
 }
 
-// requeue puts streams back at the front of queue *q, keeping any that
-// were queued again meanwhile only once.
-func (w *writer) requeue(q *[]*Stream, streams []*Stream, flag func(*Stream) *bool) {
+// requeueCtrl puts streams back at the front of the control queue, keeping
+// any that were queued again meanwhile only once.
+func (w *writer) requeueCtrl(streams []*Stream) {
 	w.mu.Lock()
 	front := w.front[:0]
 	for _, st := range streams {
-		if f := flag(st); !*f {
-			*f = true
+		if !st.inCtrl {
+			st.inCtrl = true
 			front = append(front, st)
 		}
 	}
-	front = append(front, *q...)
-	*q, w.front = front, (*q)[:0]
+	front = append(front, w.ctrlQ...)
+	w.ctrlQ, w.front = front, w.ctrlQ[:0]
 	w.mu.Unlock()
 }
 

@@ -39,6 +39,3 @@ func (b *Budget) Release(n int64) { b.used.Add(-n) }
 
 // Used is the number of bytes currently taken.
 func (b *Budget) Used() int64 { return b.used.Load() }
-
-// Max is the size of the budget.
-func (b *Budget) Max() int64 { return b.max }
