@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/polymux/polymux/internal/loopback"
 )
 
 // benchChunk is the size of one Write in the throughput benchmarks: one
@@ -20,7 +22,7 @@ func BenchmarkThroughput(b *testing.B) {
 		b.Run(fmt.Sprintf("streams=%d/tcp", streams), func(b *testing.B) {
 			pairs := make([][2]net.Conn, streams)
 			for i := range pairs {
-				c1, c2 := tcpPair(b)
+				c1, c2 := loopback.MustTCPPair(b)
 				pairs[i] = [2]net.Conn{c1, c2}
 			}
 			benchMove(b, pairs, func() {
@@ -31,7 +33,7 @@ func BenchmarkThroughput(b *testing.B) {
 			})
 		})
 		b.Run(fmt.Sprintf("streams=%d/polymux", streams), func(b *testing.B) {
-			c1, c2 := tcpPair(b)
+			c1, c2 := loopback.MustTCPPair(b)
 			cli, err := Client(c1, nil)
 			if err != nil {
 				b.Fatal(err)

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/polymux/polymux/internal/loopback"
 )
 
 // faultKind is what a faultConn does at its offset.
@@ -267,7 +269,7 @@ func TestConnectionFaults(t *testing.T) {
 					KeepAliveInterval: 500 * time.Millisecond,
 					KeepAliveTimeout:  time.Second,
 				}
-				c1, c2 := tcpPair(t)
+				c1, c2 := loopback.MustTCPPair(t)
 				fc := newFaultConn(c1, kind, at)
 				cli, err := Client(fc, cfg)
 				if err != nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/polymux/polymux/internal/loopback"
 	"github.com/polymux/polymux/internal/wire"
 )
 
@@ -47,35 +48,7 @@ type transport struct {
 
 var transports = []transport{
 	{"pipe", func(testing.TB) (net.Conn, net.Conn) { return net.Pipe() }},
-	{"tcp", tcpPair},
-}
-
-// tcpPair returns both ends of a TCP connection on 127.0.0.1.
-func tcpPair(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- result{c, err}
-	}()
-	c1, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	return c1, r.c
+	{"tcp", func(t testing.TB) (net.Conn, net.Conn) { return loopback.MustTCPPair(t) }},
 }
 
 // protocols lists the protocols every session test runs over.

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/polymux/polymux/internal/loopback"
 )
 
 // The behaviours of a stress stream, chosen at random by its opener and
@@ -244,7 +246,7 @@ func TestStress10000Streams(t *testing.T) {
 	start := time.Now()
 	var all sync.WaitGroup
 	for pi, proto := range protocols {
-		c1, c2 := tcpPair(t)
+		c1, c2 := loopback.MustTCPPair(t)
 		cfg := &Config{Protocol: proto}
 		cli, err := Client(c1, cfg)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/polymux/polymux/internal/loopback"
 	"github.com/polymux/polymux/internal/netsim"
 )
 
@@ -283,7 +284,7 @@ func BenchmarkLongLink(b *testing.B) {
 // BenchmarkPingUnderLoad measures Ping round trips while 64 streams move
 // bulk data over TCP loopback: pings go ahead of queued data.
 func BenchmarkPingUnderLoad(b *testing.B) {
-	c1, c2 := tcpPair(b)
+	c1, c2 := loopback.MustTCPPair(b)
 	cli, err := Client(c1, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/polymux/polymux"
+	"github.com/polymux/polymux/internal/loopback"
 	"github.com/polymux/polymux/interop/internal/muxes"
 )
 
@@ -116,7 +117,7 @@ func TestAutoServer(t *testing.T) {
 	for _, lib := range muxes.Peers() {
 		t.Run(lib.Name, func(t *testing.T) {
 			checkLeaks(t)
-			cc, sc := tcpPair(t)
+			cc, sc := loopback.MustTCPPair(t)
 			server, err := polymux.Server(sc, &polymux.Config{Protocol: polymux.Auto})
 			if err != nil {
 				cc.Close()

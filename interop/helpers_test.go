@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/polymux/polymux"
+	"github.com/polymux/polymux/internal/loopback"
 	"github.com/polymux/polymux/interop/internal/muxes"
 	"github.com/xtaci/smux"
 )
@@ -90,7 +91,7 @@ type env struct {
 func newEnv(t *testing.T, c cell, o muxes.Options, timeout time.Duration) *env {
 	t.Helper()
 	checkLeaks(t)
-	cc, sc := tcpPair(t)
+	cc, sc := loopback.MustTCPPair(t)
 	e := &env{t: t, cell: c}
 	var err error
 	if e.server, err = c.serverLib().Server(sc, o); err != nil {
@@ -393,35 +394,6 @@ func (e *env) runEchoClients(s muxes.Session, n, size int) {
 	if failed > 5 {
 		t.Errorf("... %d of %d streams failed", failed, n)
 	}
-}
-
-// tcpPair returns both ends of a TCP connection on 127.0.0.1.
-func tcpPair(t testing.TB) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- result{c, err}
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		client.Close()
-		t.Fatal(r.err)
-	}
-	return client, r.c
 }
 
 // goroutines returns the stacks of every goroutine.

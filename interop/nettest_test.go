@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/polymux/polymux"
+	"github.com/polymux/polymux/internal/loopback"
 	"github.com/polymux/polymux/interop/internal/muxes"
 	"golang.org/x/net/nettest"
 )
@@ -20,7 +21,7 @@ func TestNetConn(t *testing.T) {
 		name string
 		pair func(t *testing.T) (net.Conn, net.Conn)
 	}{
-		{"tcp", func(t *testing.T) (net.Conn, net.Conn) { return tcpPair(t) }},
+		{"tcp", func(t *testing.T) (net.Conn, net.Conn) { return loopback.MustTCPPair(t) }},
 		{"pipe", func(*testing.T) (net.Conn, net.Conn) { return net.Pipe() }},
 	}
 	for _, p := range muxes.Protocols() {

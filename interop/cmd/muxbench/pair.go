@@ -3,10 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
-	"time"
 
+	"github.com/polymux/polymux/internal/loopback"
 	"github.com/polymux/polymux/interop/internal/muxes"
 )
 
@@ -19,23 +18,31 @@ type contender struct {
 
 const rawTCP = "raw TCP"
 
+// isRaw reports whether c is raw TCP (every stream a connection).
 func (c contender) isRaw() bool { return c.lib == nil }
 
 // isPeer reports whether c is a reference library (not polymux, not TCP).
 func (c contender) isPeer() bool { return c.lib != nil && !c.lib.Polymux }
 
-// pair is where a workload opens and accepts streams: a client and a server
-// session over one TCP connection on 127.0.0.1, or, for raw TCP, a
-// listener (every stream is a TCP connection).
+// pair is where a workload opens and accepts streams, as a
+// loopback.Transport: a client and a server session over one TCP
+// connection on 127.0.0.1, or, for raw TCP, a loopback.TCP (every stream
+// is a TCP connection).
 type pair struct {
-	open   func(ctx context.Context) (muxes.Stream, error)
-	accept func(ctx context.Context) (muxes.Stream, error)
+	open   func(ctx context.Context) (loopback.Conn, error)
+	accept func(ctx context.Context) (loopback.Conn, error)
 
-	mu     sync.Mutex
+	mu     sync.Mutex // guards closed
 	closed bool
 	closer []func()
-	raws   []net.Conn // raw TCP: every connection, to close them all
 }
+
+// Open opens a stream at the client end.
+func (p *pair) Open(ctx context.Context) (loopback.Conn, error) { return p.open(ctx) }
+
+// Accept accepts a stream at the server end. Only polymux, go-yamux and
+// raw TCP honour ctx; the others return once the pair is closed.
+func (p *pair) Accept(ctx context.Context) (loopback.Conn, error) { return p.accept(ctx) }
 
 // close closes everything the pair holds: sessions, listener, connections.
 // Blocked calls on them return.
@@ -46,33 +53,22 @@ func (p *pair) close() {
 		return
 	}
 	p.closed = true
-	closers, raws := p.closer, p.raws
 	p.mu.Unlock()
-	for _, c := range raws {
-		c.Close()
-	}
-	for _, f := range closers {
+	for _, f := range p.closer {
 		f()
 	}
 }
 
-// track remembers a raw TCP connection so that close closes it.
-func (p *pair) track(c net.Conn) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		c.Close()
-		return net.ErrClosed
-	}
-	p.raws = append(p.raws, c)
-	return nil
-}
-
+// newPair makes the pair a cell of contender c runs on.
 func newPair(c contender, o muxes.Options) (*pair, error) {
 	if c.isRaw() {
-		return newRawPair()
+		t, err := loopback.NewTCP()
+		if err != nil {
+			return nil, err
+		}
+		return &pair{open: t.Open, accept: t.Accept, closer: []func(){func() { t.Close() }}}, nil
 	}
-	cc, sc, err := tcpPair()
+	cc, sc, err := loopback.TCPPair()
 	if err != nil {
 		return nil, err
 	}
@@ -86,74 +82,16 @@ func newPair(c contender, o muxes.Options) (*pair, error) {
 		server.Close()
 		return nil, err
 	}
-	p := &pair{open: client.Open, accept: server.Accept}
+	p := &pair{
+		open:   client.Open,
+		accept: server.Accept,
+	}
 	p.closer = []func(){
 		func() { cc.Close(); sc.Close() }, // first, so that no Close can block on a stuck peer
 		func() { client.Close() },
 		func() { server.Close() },
 	}
 	return p, nil
-}
-
-func newRawPair() (*pair, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	p := &pair{}
-	p.closer = []func(){func() { ln.Close() }}
-	var d net.Dialer
-	p.open = func(ctx context.Context) (muxes.Stream, error) {
-		c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
-		if err != nil {
-			return nil, err
-		}
-		if err := p.track(c); err != nil {
-			return nil, err
-		}
-		return c.(*net.TCPConn), nil
-	}
-	p.accept = func(context.Context) (muxes.Stream, error) {
-		c, err := ln.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if err := p.track(c); err != nil {
-			return nil, err
-		}
-		return c.(*net.TCPConn), nil
-	}
-	return p, nil
-}
-
-// tcpPair returns both ends of a TCP connection on 127.0.0.1.
-func tcpPair() (client, server net.Conn, err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, nil, err
-	}
-	defer ln.Close()
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- result{c, err}
-	}()
-	client, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
-	if err != nil {
-		ln.Close()
-		<-ch
-		return nil, nil, err
-	}
-	r := <-ch
-	if r.err != nil {
-		client.Close()
-		return nil, nil, r.err
-	}
-	return client, r.c, nil
 }
 
 // errStalled reports a workload that stopped making progress.

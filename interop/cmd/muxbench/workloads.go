@@ -5,14 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/polymux/polymux/interop/internal/muxes"
+	"github.com/polymux/polymux/internal/loopback"
 )
 
 const (
@@ -21,7 +19,7 @@ const (
 	// rpcSize is the size of one rpc request and of its echo.
 	rpcSize = 64
 	// mb is what MB/s counts: 1 MB = 1e6 bytes.
-	mb = 1e6
+	mb = loopback.MB
 )
 
 // metric is one column of the table.
@@ -79,197 +77,41 @@ type cellRun struct {
 }
 
 // bulk: n streams, each writing for b.duration; the server reads and
-// counts. Figures: aggregate MB/s from the first write to the last EOF;
-// with one stream also Mallocs per MiB over the same span.
+// counts (loopback.Bulk). Figures: aggregate MB/s from the first write to
+// the last EOF; with one stream also Mallocs per MiB over the same span.
 func (b *bench) bulk(r *cellRun, n int) (map[string]float64, error) {
-	p := r.pair
-	type res struct {
-		n   int64
-		err error
-	}
-	results := make(chan res, n)
-	go func() {
-		for i := 0; i < n; i++ {
-			st, err := p.accept(r.ctx)
-			if err != nil {
-				for ; i < n; i++ {
-					results <- res{err: fmt.Errorf("accept: %w", err)}
-				}
-				return
-			}
-			go func() {
-				defer st.Close()
-				buf := make([]byte, writeSize)
-				var total int64
-				for {
-					k, err := st.Read(buf)
-					total += int64(k)
-					r.progress.Add(int64(k))
-					if err == io.EOF {
-						results <- res{total, nil}
-						return
-					}
-					if err != nil {
-						results <- res{total, fmt.Errorf("read: %w", err)}
-						return
-					}
-				}
-			}()
-		}
-	}()
-	streams := make([]muxes.Stream, n)
-	for i := range streams {
-		st, err := p.open(r.ctx)
-		if err != nil {
-			return nil, fmt.Errorf("open: %w", err)
-		}
-		defer st.Close()
-		streams[i] = st
-	}
-	buf := bytes.Repeat([]byte("polymux!"), writeSize/8)
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	start := time.Now()
-	end := start.Add(b.duration)
-	werrs := make(chan error, n)
-	for _, st := range streams {
-		go func() {
-			for time.Now().Before(end) {
-				if _, err := st.Write(buf); err != nil {
-					werrs <- fmt.Errorf("write: %w", err)
-					return
-				}
-			}
-			werrs <- st.CloseWrite()
-		}()
-	}
-	var total int64
-	var firstErr error
-	for range n {
-		if err := <-werrs; err != nil && firstErr == nil {
-			firstErr = err
-		}
-	}
-	for range n {
-		res := <-results
-		total += res.n
-		if res.err != nil && firstErr == nil {
-			firstErr = res.err
-		}
-	}
-	elapsed := time.Since(start)
-	runtime.ReadMemStats(&after)
-	if firstErr != nil {
-		return nil, firstErr
+	res, err := loopback.Bulk(r.ctx, r.pair, n, writeSize, b.duration, &r.progress)
+	if err != nil {
+		return nil, err
 	}
 	out := map[string]float64{}
-	rate := float64(total) / elapsed.Seconds() / mb
 	switch n {
 	case 1:
-		out[mBulk1.key] = rate
-		out[mAllocs.key] = float64(after.Mallocs-before.Mallocs) / (float64(total) / (1 << 20))
+		out[mBulk1.key] = res.MBps()
+		out[mAllocs.key] = float64(res.Mallocs) / (float64(res.Bytes) / (1 << 20))
 	case 16:
-		out[mBulk16.key] = rate
+		out[mBulk16.key] = res.MBps()
 	case 256:
-		out[mBulk256.key] = rate
+		out[mBulk256.key] = res.MBps()
 	}
 	return out, nil
 }
 
 // rpc: conc callers each loop until b.duration has passed: open a stream,
-// write 64 B, read the 64 B echo, close. The server reads the request,
-// echoes it, and closes once the caller has. On raw TCP a call dials a
-// connection and closes it with SO_LINGER 0, so no TIME_WAIT piles up.
+// write 64 B, read the 64 B echo, close (loopback.RPC). The server reads
+// the request, echoes it, and closes once the caller has. On raw TCP a
+// call dials a connection and closes it with SO_LINGER 0, so no TIME_WAIT
+// piles up.
 func (b *bench) rpc(r *cellRun, conc int) (map[string]float64, error) {
-	p := r.pair
-	go func() {
-		for {
-			st, err := p.accept(r.ctx)
-			if err != nil {
-				return
-			}
-			go func() {
-				defer st.Close()
-				var req [rpcSize]byte
-				if _, err := io.ReadFull(st, req[:]); err != nil {
-					return
-				}
-				if _, err := st.Write(req[:]); err != nil {
-					return
-				}
-				io.Copy(io.Discard, struct{ io.Reader }{st}) // until the caller closes
-			}()
-		}
-	}()
-	start := time.Now()
-	end := start.Add(b.duration)
-	var mu sync.Mutex
-	var lats []time.Duration
-	var firstErr error
-	var wg sync.WaitGroup
-	for range conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []time.Duration
-			req := bytes.Repeat([]byte{'r'}, rpcSize)
-			reply := make([]byte, rpcSize)
-			var err error
-			for time.Now().Before(end) {
-				t0 := time.Now()
-				if err = call(r.ctx, p, req, reply); err != nil {
-					break
-				}
-				mine = append(mine, time.Since(t0))
-				r.progress.Add(1)
-			}
-			mu.Lock()
-			lats = append(lats, mine...)
-			if err != nil && firstErr == nil {
-				firstErr = err
-			}
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	if len(lats) == 0 {
-		return nil, fmt.Errorf("no call completed")
-	}
-	slices.Sort(lats)
-	us := func(q float64) float64 {
-		return float64(lats[int(q*float64(len(lats)-1))]) / float64(time.Microsecond)
-	}
-	ops := float64(len(lats)) / elapsed.Seconds()
-	if conc == 1 {
-		return map[string]float64{mRPC.key: ops, mRPC50.key: us(0.50), mRPC99.key: us(0.99)}, nil
-	}
-	return map[string]float64{mRPC64.key: ops, mRPC6450.key: us(0.50), mRPC6499.key: us(0.99)}, nil
-}
-
-// call is one rpc.
-func call(ctx context.Context, p *pair, req, reply []byte) error {
-	st, err := p.open(ctx)
+	res, err := loopback.RPC(r.ctx, r.pair, conc, rpcSize, b.duration, &r.progress)
 	if err != nil {
-		return fmt.Errorf("open: %w", err)
+		return nil, err
 	}
-	if tc, ok := st.(*net.TCPConn); ok {
-		tc.SetLinger(0)
+	us := func(q float64) float64 { return float64(res.Quantile(q)) / float64(time.Microsecond) }
+	if conc == 1 {
+		return map[string]float64{mRPC.key: res.OpsPerSec(), mRPC50.key: us(0.50), mRPC99.key: us(0.99)}, nil
 	}
-	defer st.Close()
-	if _, err := st.Write(req); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if _, err := io.ReadFull(st, reply); err != nil {
-		return fmt.Errorf("read: %w", err)
-	}
-	if !bytes.Equal(req, reply) {
-		return fmt.Errorf("echo %q, want %q", reply, req)
-	}
-	return nil
+	return map[string]float64{mRPC64.key: res.OpsPerSec(), mRPC6450.key: us(0.50), mRPC6499.key: us(0.99)}, nil
 }
 
 // idle: b.idleStreams streams opened, one byte written on each (muxado
@@ -283,11 +125,11 @@ func (b *bench) idle(r *cellRun) (map[string]float64, error) {
 		r.note = fmt.Sprintf("%d connections (file descriptor limit)", n)
 	}
 	var mu sync.Mutex
-	var served []muxes.Stream
+	var served []loopback.Conn
 	acceptErr := make(chan error, 1)
 	go func() {
 		for {
-			st, err := p.accept(r.ctx)
+			st, err := p.Accept(r.ctx)
 			if err != nil {
 				acceptErr <- err
 				return
@@ -304,14 +146,14 @@ func (b *bench) idle(r *cellRun) (map[string]float64, error) {
 		}
 	}()
 	heapBefore, gBefore := settle()
-	opened := make([]muxes.Stream, 0, n)
+	opened := make([]loopback.Conn, 0, n)
 	defer func() {
 		for _, st := range opened {
 			st.Close()
 		}
 	}()
 	for range n {
-		st, err := p.open(r.ctx)
+		st, err := p.Open(r.ctx)
 		if err != nil {
 			return nil, fmt.Errorf("open %d: %w", len(opened)+1, err)
 		}
@@ -362,12 +204,12 @@ func settle() (heap uint64, goroutines int) {
 // Figure: B's MB/s, or a failure if B stalls.
 func (b *bench) slowReader(r *cellRun) (map[string]float64, error) {
 	p := r.pair
-	aArrived := make(chan muxes.Stream, 1)
+	aArrived := make(chan loopback.Conn, 1)
 	bDone := make(chan error, 1)
 	var bRead atomic.Int64
 	go func() {
 		for range 2 {
-			st, err := p.accept(r.ctx)
+			st, err := p.Accept(r.ctx)
 			if err != nil {
 				bDone <- fmt.Errorf("accept: %w", err)
 				return
@@ -404,7 +246,7 @@ func (b *bench) slowReader(r *cellRun) (map[string]float64, error) {
 	// the cell closes the session. (Closing it now would hang on muxado,
 	// whose Close waits for the stream lock that a Write blocked on the
 	// window holds.)
-	a, err := p.open(r.ctx)
+	a, err := p.Open(r.ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open A: %w", err)
 	}
@@ -412,7 +254,7 @@ func (b *bench) slowReader(r *cellRun) (map[string]float64, error) {
 	if _, err := a.Write([]byte{'A'}); err != nil {
 		return nil, fmt.Errorf("write A: %w", err)
 	}
-	var aServer muxes.Stream
+	var aServer loopback.Conn
 	select {
 	case aServer = <-aArrived:
 	case err := <-bDone:
@@ -433,7 +275,7 @@ func (b *bench) slowReader(r *cellRun) (map[string]float64, error) {
 			}
 		}
 	}()
-	bs, err := p.open(r.ctx)
+	bs, err := p.Open(r.ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open B: %w", err)
 	}

@@ -18,16 +18,14 @@ import (
 	hashicorp "github.com/hashicorp/yamux"
 	goyamux "github.com/libp2p/go-yamux/v5"
 	"github.com/polymux/polymux"
+	"github.com/polymux/polymux/internal/loopback"
 	"github.com/xtaci/smux"
 	"golang.ngrok.com/muxado/v2"
 )
 
-// Stream is a stream of any library: a net.Conn that can half-close.
-type Stream interface {
-	net.Conn
-	// CloseWrite half-closes: the peer reads io.EOF after the data written.
-	CloseWrite() error
-}
+// Stream is a stream of any library: a net.Conn that can half-close. It is
+// the connection the shared loopback workloads run on.
+type Stream = loopback.Conn
 
 // Session is a session of any library.
 type Session interface {
