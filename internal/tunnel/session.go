@@ -1,0 +1,182 @@
+package tunnel
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/polymux/polymux"
+)
+
+// session is one authenticated tunnel session, on either side: the polymux
+// session, its control stream and the forwarded connections running on it.
+type session struct {
+	mux *polymux.Session
+	ctl *control
+	log *slog.Logger
+
+	relays tracker // forwarded connections running on this session
+
+	byeOnce     sync.Once
+	peerByeOnce sync.Once
+	peerBye     chan struct{} // closed when the peer said bye
+	peerDrained chan struct{} // closed when the peer said drained
+	drainedOnce sync.Once
+}
+
+// newSession wraps an authenticated polymux session and its control stream.
+func newSession(mux *polymux.Session, ctl *polymux.Stream, to Timeouts, log *slog.Logger) *session {
+	return &session{
+		mux:         mux,
+		ctl:         &control{st: ctl, to: to},
+		log:         log,
+		peerBye:     make(chan struct{}),
+		peerDrained: make(chan struct{}),
+	}
+}
+
+// handleCommon handles the control messages both sides share; it reports
+// whether m was one of them.
+func (s *session) handleCommon(m *message) bool {
+	switch m.Type {
+	case msgBye:
+		s.peerByeOnce.Do(func() {
+			close(s.peerBye)
+			// The peer is draining: open nothing more on this session, and
+			// tell it once everything of ours here has finished, so that it
+			// knows every byte it sent has been taken.
+			idle := s.relays.stop()
+			go func() {
+				select {
+				case <-idle:
+					s.ctl.send(&message{Type: msgDrained})
+				case <-s.mux.Done():
+				}
+			}()
+		})
+		return true
+	case msgDrained:
+		s.drainedOnce.Do(func() { close(s.peerDrained) })
+		return true
+	}
+	return false
+}
+
+// sayBye tells the peer this side is draining, once, and stops new
+// forwarded connections on this session.
+func (s *session) sayBye() {
+	s.byeOnce.Do(func() {
+		s.relays.stop()
+		s.ctl.send(&message{Type: msgBye})
+	})
+}
+
+// drain ends the session gracefully: no new forwarded connection starts,
+// the running ones get until ctx is done to finish, then the session is
+// closed. It returns ctx.Err() if ctx ended first. A session is quiet once
+// this side's connections have finished and the peer has said drained
+// (so it has read everything this side sent), or has gone.
+func (s *session) drain(ctx context.Context) error {
+	s.sayBye()
+	var err error
+	select {
+	case <-s.relays.stop():
+		select {
+		case <-s.peerDrained:
+		case <-s.mux.Done():
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	case <-s.mux.Done():
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	s.mux.Close()
+	return err
+}
+
+// logStats logs the session's Stats every interval until it ends.
+func (s *session) logStats(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.mux.Done():
+			return
+		case <-t.C:
+			st := s.mux.Stats()
+			s.log.Info("stats",
+				"protocol", st.Protocol.String(),
+				"active_streams", st.ActiveStreams,
+				"streams_opened", st.StreamsOpened,
+				"streams_accepted", st.StreamsAccepted,
+				"streams_refused", st.StreamsRefused,
+				"bytes_sent", st.BytesSent,
+				"bytes_received", st.BytesReceived,
+				"buffered_bytes", st.BufferedBytes,
+				"rtt", st.RTT,
+				"relays", s.relays.count())
+		}
+	}
+}
+
+// tracker counts the forwarded connections of a session and lets a drain
+// wait for them.
+type tracker struct {
+	mu      sync.Mutex // guards n, stopped and idle
+	n       int
+	stopped bool
+	idle    chan struct{} // made by stop; closed once stopped and n is 0
+}
+
+// add counts one more connection, unless the tracker has stopped: then it
+// reports false and the connection must not start.
+func (t *tracker) add() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return false
+	}
+	t.n++
+	return true
+}
+
+// done counts one connection finished.
+func (t *tracker) done() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n--
+	if t.stopped && t.n == 0 {
+		close(t.idle)
+	}
+}
+
+// stop refuses new connections from now on; the channel it returns is
+// closed once none is running. Every call returns the same channel.
+func (t *tracker) stop() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.stopped {
+		t.stopped = true
+		t.idle = make(chan struct{})
+		if t.n == 0 {
+			close(t.idle)
+		}
+	}
+	return t.idle
+}
+
+// isStopped reports whether stop was called.
+func (t *tracker) isStopped() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stopped
+}
+
+// count is how many connections are running.
+func (t *tracker) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n
+}
