@@ -7,6 +7,7 @@
 // The commands are:
 //
 //	bench   measure a polymux session against raw TCP over 127.0.0.1
+//	tunnel  forward TCP (ssh-style -L, -R and -D) over one TLS polymux session
 //
 // Run "polymux <command> -h" for the flags of a command.
 package main
@@ -27,8 +28,10 @@ type command struct {
 
 var commands = []command{
 	{"bench", "measure a polymux session against raw TCP over 127.0.0.1", benchMain},
+	{"tunnel", "forward TCP (ssh-style -L, -R and -D) over one TLS polymux session", tunnelMain},
 }
 
+// main runs the command line and exits with its status.
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -61,6 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// usage lists the commands on w.
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: polymux <command> [flags]\n\ncommands:\n")
 	for _, c := range commands {

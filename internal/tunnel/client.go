@@ -302,6 +302,7 @@ func (c *Client) serve(ctx context.Context, s *session) (stopped bool) {
 	case err = <-ctlDone:
 	case <-ctx.Done():
 		c.closeListeners() // new connections stop
+		s.log.Info("draining", "running", s.relays.count(), "timeout", c.cfg.DrainTimeout)
 		dctx, cancel := context.WithTimeout(context.Background(), c.cfg.DrainTimeout)
 		if derr := s.drain(dctx); derr != nil {
 			s.log.Warn("drain timed out; closing", "timeout", c.cfg.DrainTimeout, "running", s.relays.count())
@@ -385,7 +386,9 @@ func (c *Client) forwardLocal(s *session, conn *net.TCPConn, target string) {
 		abort(conn)
 		return
 	}
-	relay(conn, st, func() error { return readReply(st, c.to.Dial, s.log, "forward refused by the server", "target", target) })
+	relay(conn, st, func() error {
+		return readReply(st, c.to.Dial, s.log, "forward refused by the server", "target", target)
+	})
 }
 
 // openConnect opens a stream asking the server to dial target.

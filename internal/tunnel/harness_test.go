@@ -3,14 +3,18 @@ package tunnel
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/polymux/polymux/internal/loopback"
 )
 
 // fastTimeouts keep in-process tests quick: heartbeats every 50 ms, a
@@ -120,9 +124,35 @@ func newServer(t *testing.T, cfg ServerConfig) (*Server, string, string, *logBuf
 	return srv, ln.Addr().String(), Fingerprint(cert.Leaf), lb
 }
 
+// runner is a client's Run in the background.
+type runner struct {
+	t      *testing.T
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // Run's, once done is closed
+}
+
+// stop ends Run's context and returns what Run returned.
+func (r *runner) stop() error {
+	r.cancel()
+	return r.wait()
+}
+
+// wait waits for Run to return by itself, at most 10 s.
+func (r *runner) wait() error {
+	r.t.Helper()
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(10 * time.Second):
+		r.t.Fatal("client Run did not return within 10 s")
+		return nil
+	}
+}
+
 // startClient starts a client of addr with cfg's zero fields filled in;
 // it is drained when the test ends.
-func startClient(t *testing.T, addr, fp string, cfg ClientConfig) (*Client, *logBuffer, func() error) {
+func startClient(t *testing.T, addr, fp string, cfg ClientConfig) (*Client, *logBuffer, *runner) {
 	t.Helper()
 	cfg.Server = addr
 	if cfg.Trust == nil {
@@ -147,23 +177,13 @@ func startClient(t *testing.T, addr, fp string, cfg ClientConfig) (*Client, *log
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- cli.Run(ctx) }()
-	var once sync.Once
-	var runErr error
-	stop := func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case runErr = <-errc:
-			case <-time.After(10 * time.Second):
-				t.Errorf("client Run did not return within 10 s of its context ending")
-			}
-		})
-		return runErr
-	}
-	t.Cleanup(func() { stop() })
-	return cli, lb, stop
+	r := &runner{t: t, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		r.err = cli.Run(ctx)
+		close(r.done)
+	}()
+	t.Cleanup(func() { r.stop() })
+	return cli, lb, r
 }
 
 // echoServer listens on 127.0.0.1 and echoes every connection, passing
@@ -222,4 +242,246 @@ func echoThrough(t testing.TB, addr string, n int) error {
 		return fmt.Errorf("echo differs: got %d bytes, want %d", len(got), n)
 	}
 	return nil
+}
+
+// itoa formats a port.
+func itoa(n int) string { return fmt.Sprint(n) }
+
+// testCert is a fresh server identity.
+func testCert(t testing.TB) tls.Certificate {
+	t.Helper()
+	cert, _, err := LoadOrCreateIdentity(t.TempDir(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// loopbackPair is a TCP pair on 127.0.0.1, closed when the test ends.
+func loopbackPair(t testing.TB) (net.Conn, net.Conn) {
+	c, s := loopback.MustTCPPair(t)
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+// value returns the value of key in the first log line containing every
+// one of parts, waiting for such a line.
+func (l *logBuffer) value(t testing.TB, key string, parts ...string) string {
+	t.Helper()
+	l.wait(t, 1, parts...)
+	for _, line := range strings.Split(l.String(), "\n") {
+		if countLines(line, parts) == 1 {
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, key+"="); ok {
+					return strings.Trim(v, `"`)
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s= in the line with %q", key, parts)
+	return ""
+}
+
+// proxy is a TCP relay between a client and a server that a test can
+// cut (every connection reset) or turn into a black hole (bytes stop,
+// connections stay open, as on a dead path or with a hung peer).
+type proxy struct {
+	ln      net.Listener
+	mu      sync.Mutex // guards target, links and holeNew
+	target  string
+	links   []*link
+	holeNew bool // new connections start blocked
+}
+
+// link is one connection through the proxy, both sides.
+type link struct {
+	a, b net.Conn
+	mu   sync.Mutex    // guards gate
+	gate chan struct{} // closed: bytes flow
+}
+
+// wait returns once bytes may flow.
+func (l *link) wait() {
+	l.mu.Lock()
+	g := l.gate
+	l.mu.Unlock()
+	<-g
+}
+
+// block holds the link's bytes until release.
+func (l *link) block() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.gate:
+		l.gate = make(chan struct{})
+	default:
+	}
+}
+
+// release lets bytes flow.
+func (l *link) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.gate:
+	default:
+		close(l.gate)
+	}
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			target := p.target
+			p.mu.Unlock()
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			l := &link{a: c, b: up, gate: make(chan struct{})}
+			p.mu.Lock()
+			if !p.holeNew {
+				close(l.gate)
+			}
+			p.links = append(p.links, l)
+			p.mu.Unlock()
+			go l.pump(c, up)
+			go l.pump(up, c)
+		}
+	}()
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+// pump copies src to dst, holding bytes while the link is blocked.
+func (l *link) pump(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		l.wait()
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+// cut resets every connection through the proxy.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	links := p.links
+	p.links = nil
+	p.mu.Unlock()
+	for _, l := range links {
+		for _, c := range []net.Conn{l.a, l.b} {
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+		l.release() // the pumps see the closed connections and end
+	}
+}
+
+// blackhole stops every byte through the proxy, on the connections open
+// now and on new ones, until heal.
+func (p *proxy) blackhole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holeNew = true
+	for _, l := range p.links {
+		l.block()
+	}
+}
+
+// heal lets new connections through again. The held ones stay held, as a
+// dead path never comes back for the connections it broke: only the far
+// end's own timeout ends them.
+func (p *proxy) heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holeNew = false
+}
+
+// redirect sends new connections to target.
+func (p *proxy) redirect(target string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.target = target
+}
+
+// socksDial connects to target through the SOCKS5 proxy at proxyAddr, as
+// a minimal RFC 1928 client: no authentication, CONNECT, the target as an
+// IPv4 or IPv6 address or as a domain name. It returns the reply code
+// alongside the connection (nil unless the code is 0).
+func socksDial(proxyAddr, target string) (net.Conn, byte, error) {
+	c, err := net.DialTimeout("tcp", proxyAddr, 5*time.Second)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	host, portStr, err := net.SplitHostPort(target)
+	if err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	var port uint16
+	fmt.Sscan(portStr, &port)
+	req := []byte{5, 1, 0, 5, 1, 0}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
+		req = append(append(req, socksIPv4), ip.AsSlice()...)
+	} else if err == nil {
+		req = append(append(req, socksIPv6), ip.AsSlice()...)
+	} else {
+		req = append(append(req, socksDomain, byte(len(host))), host...)
+	}
+	req = append(req, byte(port>>8), byte(port))
+	if _, err := c.Write(req); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	reply := make([]byte, 2)
+	if _, err := io.ReadFull(c, reply); err != nil || reply[0] != 5 || reply[1] != 0 {
+		c.Close()
+		return nil, 0, fmt.Errorf("method reply %v, %v", reply, err)
+	}
+	head := make([]byte, 4)
+	if _, err := io.ReadFull(c, head); err != nil {
+		c.Close()
+		return nil, 0, fmt.Errorf("reply: %v", err)
+	}
+	addrLen := map[byte]int{socksIPv4: 4, socksIPv6: 16}[head[3]]
+	if _, err := io.ReadFull(c, make([]byte, addrLen+2)); err != nil {
+		c.Close()
+		return nil, head[1], fmt.Errorf("reply address: %v", err)
+	}
+	if head[1] != socksOK {
+		c.Close()
+		return nil, head[1], nil
+	}
+	c.SetDeadline(time.Time{})
+	return c, 0, nil
+}
+
+// tlsClient wraps c in TLS trusting key fp.
+func tlsClient(c net.Conn, fp string) *tls.Conn {
+	return tls.Client(c, (&Trust{Fingerprint: fp}).TLSConfig())
 }

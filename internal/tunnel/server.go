@@ -604,10 +604,13 @@ func (s *Server) Drain(ctx context.Context) error {
 		delete(s.reverse, addr)
 	}
 	sessions := make(map[*serverSession]chan struct{}, len(s.done))
+	running := 0
 	for ss, done := range s.done {
 		sessions[ss] = done
+		running += ss.relays.count()
 	}
 	s.mu.Unlock()
+	s.log.Info("draining", "sessions", len(sessions), "running", running)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(sessions))
 	for ss, done := range sessions {
