@@ -282,6 +282,7 @@ func (c *Client) connect(ctx context.Context) (*session, error) {
 // reports whether ctx is done (and the session drained).
 func (c *Client) serve(ctx context.Context, s *session) (stopped bool) {
 	start := time.Now()
+	c.cur.Store(s) // before the log line: a forward may use it from then on
 	s.log.Info("session up", "protocol", s.mux.Protocol().String(), "remote", s.mux.RemoteAddr().String())
 	for i, f := range c.cfg.Remote {
 		s.ctl.send(&message{Type: msgReverse, ID: i + 1, Bind: f.Bind})
@@ -296,7 +297,6 @@ func (c *Client) serve(ctx context.Context, s *session) (stopped bool) {
 		s.mux.Close()
 		ctlDone <- err
 	}()
-	c.cur.Store(s)
 	var err error
 	select {
 	case err = <-ctlDone:

@@ -18,9 +18,10 @@ func gatedServer(t *testing.T, n int) (addr string, accepted <-chan struct{}, re
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
 	acc := make(chan struct{}, 16)
 	rel := make(chan struct{})
+	ended := make(chan struct{}) // the test is over: stop waiting for rel
+	t.Cleanup(func() { ln.Close(); close(ended) })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -31,7 +32,11 @@ func gatedServer(t *testing.T, n int) (addr string, accepted <-chan struct{}, re
 				defer c.Close()
 				acc <- struct{}{}
 				c.Read(make([]byte, 1))
-				<-rel
+				select {
+				case <-rel:
+				case <-ended:
+					return
+				}
 				io.WriteString(c, strings.Repeat("z", n))
 			}()
 		}

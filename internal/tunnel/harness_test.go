@@ -86,7 +86,7 @@ func (l *logBuffer) logger() *slog.Logger {
 }
 
 // newServer starts a server with cfg's zero fields filled in.
-func newServer(t *testing.T, cfg ServerConfig) (*Server, string, string, *logBuffer) {
+func newServer(t testing.TB, cfg ServerConfig) (*Server, string, string, *logBuffer) {
 	t.Helper()
 	cert, _, err := LoadOrCreateIdentity(t.TempDir(), time.Now())
 	if err != nil {
@@ -103,6 +103,11 @@ func newServer(t *testing.T, cfg ServerConfig) (*Server, string, string, *logBuf
 	}
 	lb := newLogBuffer()
 	cfg.Logger = lb.logger().With("side", "server")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server log:\n%s", lb.String())
+		}
+	})
 	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +131,7 @@ func newServer(t *testing.T, cfg ServerConfig) (*Server, string, string, *logBuf
 
 // runner is a client's Run in the background.
 type runner struct {
-	t      *testing.T
+	t      testing.TB
 	cancel context.CancelFunc
 	done   chan struct{}
 	err    error // Run's, once done is closed
@@ -152,7 +157,7 @@ func (r *runner) wait() error {
 
 // startClient starts a client of addr with cfg's zero fields filled in;
 // it is drained when the test ends.
-func startClient(t *testing.T, addr, fp string, cfg ClientConfig) (*Client, *logBuffer, *runner) {
+func startClient(t testing.TB, addr, fp string, cfg ClientConfig) (*Client, *logBuffer, *runner) {
 	t.Helper()
 	cfg.Server = addr
 	if cfg.Trust == nil {
@@ -172,6 +177,11 @@ func startClient(t *testing.T, addr, fp string, cfg ClientConfig) (*Client, *log
 	}
 	lb := newLogBuffer()
 	cfg.Logger = lb.logger().With("side", "client")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("client log:\n%s", lb.String())
+		}
+	})
 	cli, err := NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -186,11 +196,17 @@ func startClient(t *testing.T, addr, fp string, cfg ClientConfig) (*Client, *log
 	return cli, lb, r
 }
 
-// echoServer listens on 127.0.0.1 and echoes every connection, passing
-// the client's half-close on.
-func echoServer(t *testing.T) string {
+// echoServer listens on 127.0.0.1 and echoes every connection.
+func echoServer(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return echoServerOn(t, "127.0.0.1:0")
+}
+
+// echoServerOn listens on addr and echoes every connection, passing the
+// client's half-close on.
+func echoServerOn(t testing.TB, addr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,7 +497,7 @@ func socksDial(proxyAddr, target string) (net.Conn, byte, error) {
 	return c, 0, nil
 }
 
-// tlsClient wraps c in TLS trusting key fp.
-func tlsClient(c net.Conn, fp string) *tls.Conn {
+// pinnedTLS wraps c in TLS trusting key fp.
+func pinnedTLS(c net.Conn, fp string) *tls.Conn {
 	return tls.Client(c, (&Trust{Fingerprint: fp}).TLSConfig())
 }
