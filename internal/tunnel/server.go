@@ -56,10 +56,9 @@ type Server struct {
 	ln       net.Listener
 	draining bool
 	pending  map[net.Conn]struct{}            // not yet authenticated
-	sessions map[*serverSession]struct{}      // authenticated
 	clients  map[string]*serverSession        // by client id
 	reverse  map[string]*reverseListener      // by bound address
-	done     map[*serverSession]chan struct{} // closed when the session's handler returns
+	done     map[*serverSession]chan struct{} // every authenticated session; closed when its handler returns
 }
 
 // serverSession is one authenticated client.
@@ -117,14 +116,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		cfg:      cfg,
-		to:       cfg.Timeouts.withDefaults(),
-		log:      log,
-		pending:  make(map[net.Conn]struct{}),
-		sessions: make(map[*serverSession]struct{}),
-		clients:  make(map[string]*serverSession),
-		reverse:  make(map[string]*reverseListener),
-		done:     make(map[*serverSession]chan struct{}),
+		cfg:     cfg,
+		to:      cfg.Timeouts.withDefaults(),
+		log:     log,
+		pending: make(map[net.Conn]struct{}),
+		clients: make(map[string]*serverSession),
+		reverse: make(map[string]*reverseListener),
+		done:    make(map[*serverSession]chan struct{}),
 	}, nil
 }
 
@@ -279,7 +277,6 @@ func (s *Server) run(ss *serverSession) {
 	}
 	old := s.clients[ss.clientID]
 	s.clients[ss.clientID] = ss
-	s.sessions[ss] = struct{}{}
 	s.done[ss] = done
 	s.mu.Unlock()
 	if old != nil {
@@ -318,7 +315,6 @@ func reason(ctlErr error, mux *polymux.Session) string {
 func (s *Server) forget(ss *serverSession) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.sessions, ss)
 	delete(s.done, ss)
 	if s.clients[ss.clientID] == ss {
 		delete(s.clients, ss.clientID)
@@ -395,8 +391,11 @@ func (s *Server) listenReverse(ss *serverSession, id int, bind string) *message 
 	if s.draining {
 		return fail(codeFailed, "the server is shutting down")
 	}
-	if rl, ok := s.reverse[addr]; ok && port != 0 {
-		if rl.owner.clientID != ss.clientID {
+	if rl, ok := s.reverse[addr]; ok {
+		switch {
+		case rl.owner == ss:
+			return fail(codeInUse, addr+" is already forwarded by this session")
+		case rl.owner.clientID != ss.clientID:
 			return fail(codeInUse, addr+" is held by another client")
 		}
 		rl.ln.Close()
