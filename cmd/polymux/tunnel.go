@@ -146,13 +146,19 @@ func badInput(stderr io.Writer, name string, err error) int {
 	return 2
 }
 
+// newFlagSet is the flag set of one side, with the common flags on it.
+func newFlagSet(name, protocol string, stderr io.Writer) (*flag.FlagSet, *commonFlags) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	common := new(commonFlags)
+	common.register(fs, protocol)
+	return fs, common
+}
+
 // tunnelServer is "polymux tunnel server".
 func tunnelServer(args []string, stderr io.Writer) int {
 	const name = "polymux tunnel server"
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var common commonFlags
-	common.register(fs, "auto")
+	fs, common := newFlagSet(name, "auto", stderr)
 	listen := fs.String("listen", "", "address to listen on for clients, host:port")
 	stateDir := fs.String("state-dir", "", "where the generated key and certificate are kept (default: polymux under the user's config directory)")
 	certFile := fs.String("tls-cert", "", "certificate chain (PEM) to serve instead of the generated one; needs -tls-key")
@@ -262,10 +268,7 @@ func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
 // tunnelClient is "polymux tunnel client".
 func tunnelClient(args []string, stderr io.Writer) int {
 	const name = "polymux tunnel client"
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var common commonFlags
-	common.register(fs, "yamux")
+	fs, common := newFlagSet(name, "yamux", stderr)
 	server := fs.String("server", "", "the tunnel server, host:port")
 	fingerprint := fs.String("fingerprint", "", "the server key's fingerprint (SHA256:..., as the server logs it)")
 	caFile := fs.String("ca-file", "", "CA certificates (PEM) the server's certificate must verify against")
@@ -284,7 +287,7 @@ func tunnelClient(args []string, stderr io.Writer) int {
 	if code := parseFlags(fs, args, stderr); code >= 0 {
 		return code
 	}
-	cfg, err := clientConfig(&common, stderr, *server, *fingerprint, *caFile, *serverName, *tofu, locals, remotes, socks)
+	cfg, err := clientConfig(common, stderr, *server, *fingerprint, *caFile, *serverName, *tofu, locals, remotes, socks)
 	if err != nil {
 		return badInput(stderr, name, err)
 	}

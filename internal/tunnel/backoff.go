@@ -32,11 +32,7 @@ func (b *Backoff) Next() time.Duration {
 	if hi <= 0 {
 		hi = backoffMax
 	}
-	d := lo
-	for i := 0; i < b.n && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
+	d := doubled(lo, b.n, hi)
 	b.n++
 	r := rand.Float64
 	if b.Rand != nil {
@@ -47,3 +43,11 @@ func (b *Backoff) Next() time.Duration {
 
 // Reset starts the schedule again from Min, after a connection worked.
 func (b *Backoff) Reset() { b.n = 0 }
+
+// doubled is d doubled n times, but at most most.
+func doubled(d time.Duration, n int, most time.Duration) time.Duration {
+	for i := 0; i < n && d < most; i++ {
+		d *= 2
+	}
+	return min(d, most)
+}

@@ -290,7 +290,7 @@ func (c *Client) serve(ctx context.Context, s *session) (stopped bool) {
 	if c.cfg.StatsInterval > 0 {
 		go s.logStats(c.cfg.StatsInterval)
 	}
-	go c.acceptReverse(s)
+	go s.serveStreams(func(st *polymux.Stream) { c.serveReverse(s, st) })
 	ctlDone := make(chan error, 1)
 	go func() {
 		err := s.ctl.run(func(m *message) { c.handle(s, m) })
@@ -454,24 +454,6 @@ func (c *Client) forwardSocks(s *session, conn *net.TCPConn) {
 	}
 	conn.SetDeadline(time.Time{})
 	relay(conn, st, nil)
-}
-
-// acceptReverse serves the streams the server opens for -R connections.
-func (c *Client) acceptReverse(s *session) {
-	for {
-		st, err := s.mux.AcceptStream(context.Background())
-		if err != nil {
-			return
-		}
-		if !s.relays.add() {
-			st.Reset()
-			continue
-		}
-		go func() {
-			defer s.relays.done()
-			c.serveReverse(s, st)
-		}()
-	}
 }
 
 // serveReverse dials the target of the reverse forward a stream names,

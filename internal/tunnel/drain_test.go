@@ -14,34 +14,20 @@ import (
 // once release is closed, with n bytes.
 func gatedServer(t *testing.T, n int) (addr string, accepted <-chan struct{}, release chan<- struct{}) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	acc := make(chan struct{}, 16)
 	rel := make(chan struct{})
 	ended := make(chan struct{}) // the test is over: stop waiting for rel
-	t.Cleanup(func() { ln.Close(); close(ended) })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				acc <- struct{}{}
-				c.Read(make([]byte, 1))
-				select {
-				case <-rel:
-				case <-ended:
-					return
-				}
-				io.WriteString(c, strings.Repeat("z", n))
-			}()
+	t.Cleanup(func() { close(ended) })
+	addr = serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
+		acc <- struct{}{}
+		c.Read(make([]byte, 1))
+		select {
+		case <-rel:
+			io.WriteString(c, strings.Repeat("z", n))
+		case <-ended:
 		}
-	}()
-	return ln.Addr().String(), acc, rel
+	})
+	return addr, acc, rel
 }
 
 // request sends a byte on addr and returns a channel with the length of

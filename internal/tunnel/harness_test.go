@@ -206,6 +206,16 @@ func echoServer(t testing.TB) string {
 // client's half-close on.
 func echoServerOn(t testing.TB, addr string) string {
 	t.Helper()
+	return serveTCP(t, addr, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+}
+
+// serveTCP listens on addr until the test ends and runs handle on every
+// connection in its own goroutine, closing the connection afterwards.
+func serveTCP(t testing.TB, addr string, handle func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -219,8 +229,7 @@ func echoServerOn(t testing.TB, addr string) string {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
+				handle(c)
 			}()
 		}
 	}()

@@ -80,15 +80,11 @@ func LoadOrCreateIdentity(dir string, now time.Time) (cert tls.Certificate, crea
 
 // readKey reads a PKCS #8 ECDSA key from a PEM file.
 func readKey(path string) (*ecdsa.PrivateKey, error) {
-	data, err := os.ReadFile(path)
+	der, err := readPEM(path, "PRIVATE KEY")
 	if err != nil {
 		return nil, err
 	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("%s: no PRIVATE KEY block", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	k, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
@@ -110,15 +106,25 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 
 // readCert reads the first certificate of a PEM file.
 func readCert(path string) (*x509.Certificate, error) {
+	der, err := readPEM(path, "CERTIFICATE")
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+// readPEM returns the DER of the first PEM block in path, which must be of
+// type typ.
+func readPEM(path, typ string) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s: no CERTIFICATE block", path)
+	if block == nil || block.Type != typ {
+		return nil, fmt.Errorf("%s: no %s block", path, typ)
 	}
-	return x509.ParseCertificate(block.Bytes)
+	return block.Bytes, nil
 }
 
 // sameKey reports whether cert carries key's public half.

@@ -290,7 +290,7 @@ func (s *Server) run(ss *serverSession) {
 	if s.cfg.StatsInterval > 0 {
 		go ss.logStats(s.cfg.StatsInterval)
 	}
-	go ss.acceptStreams()
+	go ss.serveStreams(ss.serveStream)
 	err := ss.ctl.run(ss.handle)
 	ss.mux.Close()
 	<-ss.mux.Done()
@@ -488,24 +488,6 @@ func readReply(st *polymux.Stream, d time.Duration, log *slog.Logger, msg string
 type replyError struct{ code, msg string }
 
 func (e *replyError) Error() string { return e.code + ": " + e.msg }
-
-// acceptStreams serves the data streams the client opens.
-func (ss *serverSession) acceptStreams() {
-	for {
-		st, err := ss.mux.AcceptStream(context.Background())
-		if err != nil {
-			return
-		}
-		if !ss.relays.add() {
-			st.Reset()
-			continue
-		}
-		go func() {
-			defer ss.relays.done()
-			ss.serveStream(st)
-		}()
-	}
-}
 
 // serveStream serves one data stream: a connect request for a -L or -D
 // target, checked against AllowForward, dialled, then relayed.

@@ -96,6 +96,27 @@ func (s *session) drain(ctx context.Context) error {
 	return err
 }
 
+// serveStreams accepts the streams the peer opens and serves each on its
+// own goroutine, counted as a running connection; once the session stops
+// taking new ones (a drain), late streams are reset. It returns when the
+// session ends.
+func (s *session) serveStreams(serve func(*polymux.Stream)) {
+	for {
+		st, err := s.mux.AcceptStream(context.Background())
+		if err != nil {
+			return
+		}
+		if !s.relays.add() {
+			st.Reset()
+			continue
+		}
+		go func() {
+			defer s.relays.done()
+			serve(st)
+		}()
+	}
+}
+
 // logStats logs the session's Stats every interval until it ends.
 func (s *session) logStats(interval time.Duration) {
 	t := time.NewTicker(interval)

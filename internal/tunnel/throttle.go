@@ -125,11 +125,7 @@ func (t *Throttle) delay(n int) time.Duration {
 	if most <= 0 {
 		most = throttleMax
 	}
-	d := base
-	for i := 1; i < n && d < most; i++ {
-		d *= 2
-	}
-	return min(d, most)
+	return doubled(base, n-1, most)
 }
 
 // expired reports whether f is old enough to be forgotten.

@@ -83,26 +83,12 @@ func TestSocksRepliesWithTheFailure(t *testing.T) {
 func TestHalfCloseGetsTheWholeReply(t *testing.T) {
 	// The target reads everything, then replies: only a half-close that
 	// crosses the tunnel lets it know the request is over.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				io.WriteString(c, strings.Repeat("r", int(n%1000)+100000))
-			}()
-		}
-	}()
+	target := serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		io.WriteString(c, strings.Repeat("r", int(n%1000)+100000))
+	})
 	_, addr, fp, _ := newServer(t, ServerConfig{})
-	cli, cliLog, _ := startClient(t, addr, fp, ClientConfig{Local: []Forward{{Bind: "127.0.0.1:0", Target: ln.Addr().String()}}})
+	cli, cliLog, _ := startClient(t, addr, fp, ClientConfig{Local: []Forward{{Bind: "127.0.0.1:0", Target: target}}})
 	cliLog.wait(t, 1, "session up")
 	c, err := net.Dial("tcp", cli.Addrs()[0].String())
 	if err != nil {
