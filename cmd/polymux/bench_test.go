@@ -214,6 +214,11 @@ func TestUsage(t *testing.T) {
 		{[]string{"bench", "-protocol", "carrier-pigeon"}, 2, "unknown protocol"},
 		{[]string{"bench", "-streams", "0"}, 2, "-streams"},
 		{[]string{"bench", "extra"}, 2, "unexpected argument"},
+		{[]string{"tunnel"}, 2, "tunnel server -listen"},
+		{[]string{"help", "tunnel"}, 0, "tunnel client -server"},
+		{[]string{"tunnel", "client", "-h"}, 0, "-fingerprint"},
+		{[]string{"tunnel", "server", "-h"}, 0, "-allow-reverse"},
+		{[]string{"tunnel", "server", "-listen", "127.0.0.1:0"}, 2, "-token-file is required"},
 	} {
 		var out, errb bytes.Buffer
 		code := run(tc.args, &out, &errb)
