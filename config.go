@@ -52,13 +52,24 @@ type Config struct {
 	// Protocol is the wire protocol. Default Auto.
 	Protocol Protocol
 
-	// AcceptBacklog is how many peer-opened streams may wait for Accept;
-	// past it new ones are refused, never stalling the session. It also
-	// caps this side's opened streams that await the peer's
-	// acknowledgement (yamux). Default 256.
+	// AcceptBacklog is how many peer-opened streams may wait for Accept.
+	// What happens past it depends on what the protocol can say:
+	//   - yamux: this side's opens wait while AcceptBacklog of them await
+	//     the peer's acknowledgement, and a peer's open past it is refused
+	//     with RST, which its opener sees;
+	//   - muxado: nothing; a waiting stream counts toward
+	//     MaxIncomingStreams, and its data toward MaxSessionBuffer;
+	//   - smux, which cannot refuse an open: the session stops reading
+	//     until the application accepts one, as xtaci/smux does. An
+	//     application that stops accepting while its peer keeps opening
+	//     stalls its own smux session, and so can a serial loop that
+	//     accepts a stream and serves it before accepting the next.
+	// Default 256.
 	AcceptBacklog int
 	// MaxIncomingStreams is how many peer-opened streams may be open at
-	// once; past it new ones are refused. Default 1000.
+	// once, counting those waiting for Accept; past it new ones are
+	// refused: with RST (yamux, muxado), or on smux, which has no
+	// refusal, with an immediate FIN, their data discarded. Default 1000.
 	MaxIncomingStreams int
 
 	// InitialStreamWindow is the receive window a stream starts with. Every
@@ -93,6 +104,14 @@ type Config struct {
 	// for the peer's close before it is reset; < 0 disables. Default 5 min.
 	StreamCloseTimeout time.Duration
 
+	// CloseLinger bounds how long Session.Close (and the end of Shutdown)
+	// spends delivering what was written: the data every Write reported
+	// and the FINs, then resets for the streams the application never
+	// closed, then GoAway. Close never blocks longer, even against a peer
+	// that does not read. Negative closes the connection at once, losing
+	// whatever is still queued. Default 5 s.
+	CloseLinger time.Duration
+
 	// DetectTimeout bounds how long a server in Auto mode waits for the
 	// client's first bytes to tell its protocol; the connection is closed
 	// if none arrive in time. Default 10 s.
@@ -116,6 +135,7 @@ const (
 	defaultStreamOpenTimeout  = 75 * time.Second
 	defaultStreamCloseTimeout = 5 * time.Minute
 	defaultDetectTimeout      = 10 * time.Second
+	defaultCloseLinger        = 5 * time.Second
 	// maxFrameSizeLimit is the largest MaxFrameSize accepted: bigger frames
 	// only hurt the latency of other streams.
 	maxFrameSizeLimit = 16<<20 - 1
@@ -144,6 +164,7 @@ func (c *Config) fill() {
 	setDefault(&c.StreamOpenTimeout, defaultStreamOpenTimeout)
 	setDefault(&c.StreamCloseTimeout, defaultStreamCloseTimeout)
 	setDefault(&c.DetectTimeout, defaultDetectTimeout)
+	setDefault(&c.CloseLinger, defaultCloseLinger)
 }
 
 func setDefault[T comparable](field *T, def T) {

@@ -62,3 +62,10 @@ var (
 	// ErrStreamReset, and its Timeout method reports true.
 	ErrOpenTimeout = &Error{msg: "polymux: stream open timed out: peer never acknowledged it", timeout: true, also: ErrStreamReset}
 )
+
+// Errors of graceful shutdown; they match ErrSessionClosed or
+// net.ErrClosed, as net/http and friends expect of a closed listener.
+var (
+	errAcceptClosed = &Error{msg: "polymux: session no longer accepts streams", also: net.ErrClosed}
+	errShuttingDown = &Error{msg: "polymux: session is shutting down", also: ErrSessionClosed}
+)

@@ -12,6 +12,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -23,72 +24,123 @@ import (
 )
 
 func TestHostilePingFloodNeverReadingTheReplies(t *testing.T) {
-	// Only yamux answers pings.
-	checkLeaks(t)
-	h := newHostileServer(t, nil)
-	good := h.dialGood(Yamux)
-	p, s := h.dialRaw(Yamux)
-	hw := watchHeap(t)
-	stopCtrl := watchCtrl(t, s)
-	n := scale(1_000_000, 2)
-	start := time.Now()
-	err := p.flood(n, func(b []byte, i int) []byte {
-		return p.encode(b, wire.Frame{Type: wire.TypePing, Flags: wire.FlagSYN, Value: uint32(i)})
-	})
-	if err != nil {
-		t.Fatalf("flooding %d pings: %v", n, err)
-	}
-	eventually(t, 30*time.Second, "every ping read", func() bool { return s.Stats().FramesReceived >= uint64(n+1) })
-	t.Logf("%d pings read in %v; %d pongs dropped", n, time.Since(start), s.nPongsDropped.Load())
-	stopCtrl()
-	hw.check(t, heapBound, 4<<20, 8)
-	if s.nPongsDropped.Load() == 0 {
-		t.Fatal("no pong was dropped: the replies to a peer that does not read were all queued")
-	}
-	if s.IsClosed() {
-		t.Fatalf("the flooded session closed: %v", s.Err())
-	}
-	// The flood costs only the replies: once the peer reads again, a ping
-	// is answered (sent again while the queue may still be full).
-	const last = 0xfeedface
-	answered := make(chan struct{})
-	var once sync.Once
-	p.readFrames(func(f wire.Frame, _ []byte) {
-		if f.Type == wire.TypePing && f.Value == last {
-			once.Do(func() { close(answered) })
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if err := p.send(wire.Frame{Type: wire.TypePing, Flags: wire.FlagSYN, Value: last}, nil); err != nil {
-			t.Fatal(err)
+	// Only yamux answers pings. A peer that floods pings without reading
+	// the replies meets backpressure: once maxPongs replies wait, the
+	// session stops reading until the writer can take them, and no reply
+	// is ever dropped.
+	t.Run("reads later", func(t *testing.T) {
+		// Over net.Pipe, which buffers nothing, the session stops reading
+		// as soon as the peer does.
+		checkLeaks(t)
+		s, p := newRawPeer(t, Yamux, true, nil)
+		n := scale(200_000, 4)
+		flooded := make(chan error, 1)
+		go func() {
+			flooded <- p.flood(n, func(b []byte, i int) []byte {
+				return p.encode(b, wire.Frame{Type: wire.TypePing, Flags: wire.FlagSYN, Value: uint32(i)})
+			})
+		}()
+		eventually(t, 10*time.Second, "the ping replies at their bound", func() bool {
+			pongs, _ := ctrlBacklog(s)
+			return pongs == maxPongs
+		})
+		if got := s.Stats().FramesReceived; got >= uint64(n) {
+			t.Fatalf("the session read all %d pings while none of its replies was read", got)
 		}
 		select {
-		case <-answered:
-		case <-time.After(100 * time.Millisecond):
-			if time.Now().Before(deadline) {
-				continue
-			}
-			t.Fatal("a ping sent after the flood was never answered")
+		case err := <-flooded:
+			t.Fatalf("the flood finished (%v) while the session held its replies: no backpressure", err)
+		default:
 		}
-		break
-	}
-	h.checkGood(good, Yamux)
+		// Reading again, the peer gets one reply for every ping.
+		seen := make([]bool, n)
+		var mu sync.Mutex
+		replies := 0
+		wait := p.readFrames(func(f wire.Frame, _ []byte) {
+			if f.Type != wire.TypePing || f.Flags&wire.FlagACK == 0 || f.Value >= uint32(n) {
+				return
+			}
+			mu.Lock()
+			if !seen[f.Value] {
+				seen[f.Value] = true
+				replies++
+			}
+			mu.Unlock()
+		})
+		if err := <-flooded; err != nil {
+			t.Fatalf("flooding %d pings: %v", n, err)
+		}
+		eventually(t, 30*time.Second, "a reply to every ping", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return replies == n
+		})
+		if s.IsClosed() {
+			t.Fatalf("the flooded session closed: %v", s.Err())
+		}
+		s.Close()
+		wait()
+	})
+	t.Run("never reads", func(t *testing.T) {
+		// A peer that never reads ends its own session by WriteTimeout,
+		// while the queued replies stay within their bound and the heap
+		// flat, and the other sessions carry on.
+		checkLeaks(t)
+		h := newHostileServer(t, &Config{WriteTimeout: time.Second})
+		good := h.dialGood(Yamux)
+		p, s := h.dialRaw(Yamux)
+		hw := watchHeap(t)
+		stopCtrl := watchCtrl(t, s)
+		flooded := make(chan error, 1)
+		go func() {
+			// Until the session ends: bounded by count and by the 5 s
+			// each write may take.
+			flooded <- p.flood(50_000_000, func(b []byte, i int) []byte {
+				return p.encode(b, wire.Frame{Type: wire.TypePing, Flags: wire.FlagSYN, Value: uint32(i)})
+			})
+		}()
+		select {
+		case <-s.Done():
+		case <-time.After(60 * time.Second):
+			t.Fatal("the session of a peer that never reads did not end")
+		}
+		if err := s.Err(); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("the session ended with %v, want the write timeout", err)
+		}
+		if err := <-flooded; err == nil {
+			t.Fatal("the flood of a dead session completed")
+		}
+		t.Logf("%d pings read before the write timeout", s.Stats().FramesReceived)
+		stopCtrl()
+		hw.check(t, heapBound, 4<<20, 8)
+		h.checkGood(good, Yamux)
+	})
 }
 
 func TestHostileRapidReset(t *testing.T) {
 	// HTTP/2's "rapid reset": open streams and reset them as soon as the
 	// application has taken them, over and over. The application answers
 	// each stream as a server would: a response, then an echo.
-	// smux has no RST: there the peer closes its side at once instead.
+	// smux has no RST: there the peer closes its side at once instead, and
+	// a stream lives until our FIN is written. So a peer that also never
+	// reads fills MaxIncomingStreams, and then the refusals it is owed,
+	// until the read loop waits for a writer that cannot write: such a
+	// peer's session ends by WriteTimeout, shortened here.
 	for _, proto := range protocols {
 		for _, reads := range []bool{true, false} {
 			name := proto.String() + "/peer reads"
 			if !reads {
 				name = proto.String() + "/peer never reads"
 			}
+			codec, _ := codecFor(proto)
+			endsItself := !reads && !codec.Caps().Reset
 			t.Run(name, func(t *testing.T) {
 				checkLeaks(t)
-				h := newHostileServer(t, nil)
+				cfg := &Config{}
+				if endsItself {
+					cfg.WriteTimeout = 2 * time.Second
+				}
+				h := newHostileServer(t, cfg)
 				good := h.dialGood(proto)
 				p, s := h.dialRaw(proto)
 				var served atomic.Int64
@@ -124,9 +176,9 @@ func TestHostileRapidReset(t *testing.T) {
 					})
 				}
 				start := time.Now()
-				for first := 0; first < n; first += batch {
+				for first := 0; first < n && !s.IsClosed(); first += batch {
 					err := p.flood(batch, func(b []byte, i int) []byte { return p.encode(b, synFrame(p.clientID(first+i))) })
-					if err != nil {
+					if err != nil && !endsItself {
 						t.Fatalf("opening streams %d..: %v", first, err)
 					}
 					// Wait until the application has taken them (or the
@@ -147,13 +199,22 @@ func TestHostileRapidReset(t *testing.T) {
 						}
 						return p.encode(b, finFrame(p.clientID(first+i)))
 					})
-					if err != nil {
+					if err != nil && !endsItself {
 						t.Fatalf("resetting streams %d..: %v", first, err)
 					}
 				}
 				st := s.Stats()
 				t.Logf("%d cycles in %v: %d served, %d refused", n, time.Since(start), served.Load(), st.StreamsRefused)
-				if s.IsClosed() {
+				if endsItself {
+					select {
+					case <-s.Done():
+					case <-time.After(30 * time.Second):
+						t.Fatal("the session of an smux peer that never reads did not end")
+					}
+					if !errors.Is(s.Err(), os.ErrDeadlineExceeded) {
+						t.Fatalf("the session ended with %v, want the write timeout", s.Err())
+					}
+				} else if s.IsClosed() {
 					t.Fatalf("the session closed: %v", s.Err())
 				}
 				if reads {
@@ -202,19 +263,26 @@ var rapidBody [rapidResponse]byte
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
 
 func TestHostileStreamOpenFlood(t *testing.T) {
-	// A peer opens stream after stream and never reads our replies. With
-	// an application that never accepts, the accept backlog bounds them;
-	// with one that accepts and holds every stream, MaxIncomingStreams
-	// does. The rest are refused (RST, or FIN without RST), and the
-	// refusals queued for a peer that does not read are bounded too.
+	// A peer opens stream after stream, reading everything we send. With
+	// an application that never accepts, the accept backlog bounds the
+	// streams held on yamux, whose openers wait for ACKs, and
+	// MaxIncomingStreams on muxado, whose streams wait for Accept; smux
+	// cannot refuse, so its session stops reading at the backlog until the
+	// application accepts. With one that accepts and holds every stream,
+	// MaxIncomingStreams bounds them. Every open past the bound is refused
+	// (RST, or FIN without RST), and every refusal reaches the peer.
 	const backlog, limit = 64, 128
 	for _, proto := range protocols {
 		for _, accepts := range []bool{false, true} {
+			codec, _ := codecFor(proto)
+			caps := codec.Caps()
 			name := proto.String() + "/never accepted"
-			bound := backlog
+			bound := limit
+			if !accepts && caps.AckOpens {
+				bound = backlog
+			}
 			if accepts {
 				name = proto.String() + "/accepted and held"
-				bound = limit
 			}
 			t.Run(name, func(t *testing.T) {
 				checkLeaks(t)
@@ -226,27 +294,61 @@ func TestHostileStreamOpenFlood(t *testing.T) {
 					defer wait()
 					defer s.Close()
 				}
+				n := scale(500_000, 4)
+				seen := make([]bool, n)
+				var refused atomic.Int64
+				stopReading := p.readFrames(func(f wire.Frame, _ []byte) {
+					i := int(f.Stream-p.clientID(0)) / 2
+					if f.Type != wire.TypeWindow || f.Flags&(wire.FlagRST|wire.FlagFIN) == 0 || i < 0 || i >= n || seen[i] {
+						return
+					}
+					seen[i] = true
+					refused.Add(1)
+				})
 				hw := watchHeap(t)
 				stopCtrl := watchCtrl(t, s)
 				var most atomic.Int64
 				stopCount := sample(func() { most.Store(max(most.Load(), int64(s.NumStreams()))) })
-				n := scale(500_000, 4)
+				flooded := make(chan error, 1)
 				start := time.Now()
-				if err := p.flood(n, func(b []byte, i int) []byte { return p.encode(b, synFrame(p.clientID(i))) }); err != nil {
+				go func() {
+					flooded <- p.flood(n, func(b []byte, i int) []byte { return p.encode(b, synFrame(p.clientID(i))) })
+				}()
+				defer func() {
+					s.Close()
+					<-flooded
+					stopReading()
+				}()
+				if !accepts && !caps.Reset {
+					eventually(t, 30*time.Second, "the session pausing at the backlog", func() bool {
+						return s.paused.Load() && s.NumStreams() == backlog
+					})
+					stopCount()
+					stopCtrl()
+					if got := s.Stats().StreamsAccepted; got != backlog || most.Load() > backlog || refused.Load() != 0 {
+						t.Fatalf("paused at %d streams (%d at most), %d refused; want %d, none refused", got, most.Load(), refused.Load(), backlog)
+					}
+					hw.check(t, heapBound, 4<<20, 16)
+					h.checkGood(good, proto)
+					// Accepting one lets the next open in.
+					if _, err := s.AcceptStream(ctx(t)); err != nil {
+						t.Fatal(err)
+					}
+					eventually(t, 10*time.Second, "the next open taken", func() bool { return s.Stats().StreamsAccepted > backlog })
+					return
+				}
+				if err := <-flooded; err != nil {
 					t.Fatalf("opening %d streams: %v", n, err)
 				}
-				eventually(t, 30*time.Second, "every open read", func() bool {
-					st := s.Stats()
-					return st.StreamsAccepted+st.StreamsRefused >= uint64(n)
+				flooded <- nil
+				eventually(t, 30*time.Second, "a refusal for every open past the bound", func() bool {
+					return refused.Load() == int64(n-bound)
 				})
 				stopCount()
 				st := s.Stats()
 				t.Logf("%d opens in %v: %d accepted, %d refused, at most %d streams", n, time.Since(start), st.StreamsAccepted, st.StreamsRefused, most.Load())
-				if most.Load() > int64(bound) || st.StreamsAccepted > uint64(bound) {
-					t.Fatalf("the session held %d streams (%d accepted); bound %d", most.Load(), st.StreamsAccepted, bound)
-				}
-				if st.StreamsRefused != uint64(n)-st.StreamsAccepted {
-					t.Fatalf("%d refused of %d opens with %d accepted", st.StreamsRefused, n, st.StreamsAccepted)
+				if most.Load() > int64(bound) || st.StreamsAccepted != uint64(bound) || st.StreamsRefused != uint64(n-bound) {
+					t.Fatalf("the session held %d streams (%d accepted, %d refused); bound %d", most.Load(), st.StreamsAccepted, st.StreamsRefused, bound)
 				}
 				if s.IsClosed() {
 					t.Fatalf("the session closed: %v", s.Err())

@@ -24,8 +24,9 @@ const readBufferSize = 64 << 10
 
 // Session is one multiplexed connection. It runs two goroutines (a read
 // loop and a writer) and none per stream. It implements net.Listener, so
-// http.Serve(sess, handler) serves the streams the peer opens. All methods
-// are safe for concurrent use.
+// http.Serve(sess, handler) serves the streams the peer opens; its Close
+// ends the whole session, so for a graceful http.Server.Shutdown serve
+// Listener() instead. All methods are safe for concurrent use.
 type Session struct {
 	conn     net.Conn
 	cfg      Config
@@ -38,6 +39,7 @@ type Session struct {
 	frameMax int // largest DATA payload sent
 	br       *bufio.Reader
 	w        writer
+	view     sessionListener
 	epoch    time.Time // origin of the monotonic clock in nanoseconds
 	// detected is closed once proto, codec, caps, frameMax and nextID are
 	// set: at once, or after a server in Auto mode has seen the client's
@@ -45,43 +47,60 @@ type Session struct {
 	detected chan struct{}
 	// onReady, if set, is called once by the read loop when the protocol
 	// is known (err nil) or could not be detected.
-	onReady  func(*Session, error)
-	budgetCh chan struct{} // signalled when buffered bytes are released
+	onReady   func(*Session, error)
+	budgetCh  chan struct{} // signalled when buffered bytes are released
+	backlogCh chan struct{} // signalled when the accept backlog shrinks
+	idleCh    chan struct{} // signalled when the stream table empties
+	// paused is set while the read loop waits, by this side's choice, for
+	// the application to accept (smux): keepalive and WriteTimeout do not
+	// count that wait against the peer.
+	paused atomic.Bool
 
-	mu            sync.Mutex // guards the fields below
-	streams       map[uint32]*Stream
-	nextID        uint32
-	exhausted     bool
-	backlogHead   *Stream // accept backlog, oldest first
-	backlogTail   *Stream
-	backlogLen    int
-	numIncoming   int    // live peer-opened streams
-	unacked       int    // streams this side opened that await the peer's ACK
-	lastPeerID    uint32 // highest stream id the peer opened
-	localGoAway   bool
-	remoteGoAway  bool
-	acceptCh      chan struct{} // signalled when the backlog gains a stream
-	unackedCh     chan struct{} // signalled when unacked drops
-	pingMu        sync.Mutex    // guards ping and pingSeq
-	ping          *pendingPing
-	pingSeq       uint32
-	closing       chan struct{} // closed when the session starts to end
-	closeOnce     sync.Once
-	err           atomic.Pointer[error] // why the session ended
-	done          chan struct{}         // closed when every goroutine has exited
-	writerDone    chan struct{}
-	lastRecv      atomic.Int64 // nanoseconds since epoch of the last frame received
-	rtt           atomic.Int64 // last measured ping round trip
-	minRTT        atomic.Int64 // least round trip seen, for window tuning
-	nBuffered     atomic.Int64 // received bytes not yet read
-	nOpened       atomic.Uint64
-	nAccepted     atomic.Uint64
-	nRefused      atomic.Uint64
-	nBytesSent    atomic.Uint64
-	nBytesRecv    atomic.Uint64
-	nFramesSent   atomic.Uint64
-	nFramesRecv   atomic.Uint64
-	nPongsDropped atomic.Uint64
+	mu           sync.Mutex // guards the fields below, up to pingMu
+	streams      map[uint32]*Stream
+	nextID       uint32
+	exhausted    bool
+	backlogHead  *Stream // accept backlog, oldest first
+	backlogTail  *Stream
+	backlogLen   int
+	numIncoming  int    // live peer-opened streams
+	unacked      int    // streams this side opened that await the peer's ACK
+	lastPeerID   uint32 // highest stream id the peer opened
+	localGoAway  bool   // peer opens are refused: GoAway, Shutdown or the listener view's Close
+	remoteGoAway bool
+	acceptClosed bool          // Accept fails: Shutdown or the listener view's Close
+	shutting     bool          // Shutdown: this side opens no more streams either
+	acceptCh     chan struct{} // signalled when the backlog gains a stream
+	acceptDone   chan struct{} // closed with acceptClosed
+	unackedCh    chan struct{} // signalled when unacked drops
+
+	pingMu  sync.Mutex // guards ping and pingSeq
+	ping    *pendingPing
+	pingSeq uint32
+
+	// The end of the session. graceful, goAwayCode and lingerEnd are set
+	// once, before closing is closed, and read only after it.
+	closing    chan struct{} // closed when the session starts to end
+	closeOnce  sync.Once
+	graceful   bool                  // deliver what was written before closing the connection
+	goAwayCode wire.Code             // the GoAway the end sends
+	lingerEnd  time.Time             // when the end stops waiting for the peer
+	err        atomic.Pointer[error] // why the session ended
+	readDone   chan struct{}         // closed when the read loop has stopped reading
+	writerDone chan struct{}
+	done       chan struct{} // closed when every goroutine has exited
+
+	lastRecv    atomic.Int64 // nanoseconds since epoch of the last frame received
+	rtt         atomic.Int64 // last measured ping round trip
+	minRTT      atomic.Int64 // least round trip seen, for window tuning
+	nBuffered   atomic.Int64 // received bytes not yet read
+	nOpened     atomic.Uint64
+	nAccepted   atomic.Uint64
+	nRefused    atomic.Uint64
+	nBytesSent  atomic.Uint64
+	nBytesRecv  atomic.Uint64
+	nFramesSent atomic.Uint64
+	nFramesRecv atomic.Uint64
 }
 
 // pendingPing is the one ping in flight; concurrent Ping calls share it.
@@ -128,13 +147,18 @@ func startSession(conn net.Conn, cfg *Config, client bool, onReady func(*Session
 		detected:   make(chan struct{}),
 		onReady:    onReady,
 		budgetCh:   make(chan struct{}, 1),
+		backlogCh:  make(chan struct{}, 1),
+		idleCh:     make(chan struct{}, 1),
 		streams:    make(map[uint32]*Stream),
 		acceptCh:   make(chan struct{}, 1),
+		acceptDone: make(chan struct{}),
 		unackedCh:  make(chan struct{}, 1),
 		closing:    make(chan struct{}),
-		done:       make(chan struct{}),
+		readDone:   make(chan struct{}),
 		writerDone: make(chan struct{}),
+		done:       make(chan struct{}),
 	}
+	s.view.s = s
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -272,7 +296,11 @@ func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
 	if s.caps.AckOpens && s.cfg.StreamOpenTimeout > 0 {
 		st.openTimer = time.AfterFunc(s.cfg.StreamOpenTimeout, st.openTimedOut)
 	}
-	s.w.queueCtrl(st)
+	// The SYN goes in order with data, not ahead of it as control frames
+	// do: the peer then sees opens and data in the order they were made,
+	// so an smux peer whose backlog is full finds the data of the streams
+	// it accepted before the next open, not behind it.
+	s.w.queueData(st)
 	st.mu.Unlock()
 	return st, nil
 }
@@ -282,6 +310,8 @@ func (s *Session) openErr() error {
 	switch {
 	case s.IsClosed():
 		return s.closedErr()
+	case s.shutting:
+		return errShuttingDown
 	case s.remoteGoAway:
 		return ErrGoAway
 	case s.exhausted:
@@ -301,10 +331,15 @@ func (s *Session) Open() (net.Conn, error) {
 
 // AcceptStream waits for a stream the peer opened. With yamux the stream
 // is acknowledged now, so a peer's OpenStream backlog drains as the
-// application accepts.
+// application accepts. Once Shutdown or the listener view's Close has
+// stopped accepting, it fails with an error matching net.ErrClosed.
 func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 	for {
 		s.mu.Lock()
+		if s.acceptClosed {
+			s.mu.Unlock()
+			return nil, errAcceptClosed
+		}
 		if st := s.backlogHead; st != nil {
 			s.unlinkBacklog(st)
 			more := s.backlogHead != nil
@@ -324,6 +359,7 @@ func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 		s.mu.Unlock()
 		select {
 		case <-s.acceptCh:
+		case <-s.acceptDone:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-s.closing:
@@ -356,6 +392,7 @@ func (s *Session) unlinkBacklog(st *Stream) {
 	}
 	st.acceptPrev, st.acceptNext = nil, nil
 	s.backlogLen--
+	notify(s.backlogCh)
 }
 
 // forget removes a finished stream from the session's table.
@@ -365,6 +402,8 @@ func (s *Session) forget(st *Stream) {
 	st.backlogged = false
 	wasUnacked := !st.acked
 	st.acked = true
+	slot := st.slot
+	st.slot = false
 	pendingFIN := st.finQueued && !st.finSent && (st.err == nil || !s.caps.Reset)
 	if !st.needRST && !pendingFIN {
 		st.needSYN, st.needACK, st.needUpdate = false, false, false
@@ -378,12 +417,15 @@ func (s *Session) forget(st *Stream) {
 	s.mu.Lock()
 	if s.streams[st.id] == st {
 		delete(s.streams, st.id)
-		if !st.local {
-			s.numIncoming--
+		if len(s.streams) == 0 {
+			notify(s.idleCh)
 		}
 	}
 	if backlogged {
 		s.unlinkBacklog(st)
+	}
+	if slot {
+		s.numIncoming--
 	}
 	if wasUnacked {
 		s.unacked--
@@ -395,9 +437,13 @@ func (s *Session) forget(st *Stream) {
 }
 
 // GoAway tells the peer to open no more streams; streams already open
-// finish normally, and streams the peer opens later are refused. Note that
-// libp2p's go-yamux closes its whole session when it receives GoAway. smux
-// has no GoAway frame: there it returns an error wrapping
+// finish normally, and streams the peer opens later are refused. GoAway
+// goes out at most once per session: the final Close does not repeat it.
+// libp2p's go-yamux closes its whole session, and every stream in it, when
+// it receives GoAway, even with code 0; hashicorp/yamux and muxado keep
+// serving the open streams. To end a session gracefully with any peer,
+// use Shutdown, which sends yamux's GoAway only at the very end. smux has
+// no GoAway frame: there it returns an error wrapping
 // errors.ErrUnsupported, and the peer learns only from the refusals.
 func (s *Session) GoAway() error {
 	s.mu.Lock()
@@ -405,11 +451,10 @@ func (s *Session) GoAway() error {
 		s.mu.Unlock()
 		return s.closedErr()
 	}
-	already := s.localGoAway
 	s.localGoAway = true
 	last := s.lastPeerID
 	s.mu.Unlock()
-	if !s.isDetected() || already {
+	if !s.isDetected() {
 		return nil // streams the client opens will be refused
 	}
 	if !s.caps.GoAway {
@@ -417,6 +462,104 @@ func (s *Session) GoAway() error {
 	}
 	s.w.queueGoAway(wire.CodeNone, last)
 	return nil
+}
+
+// Shutdown ends the session gracefully, as http.Server.Shutdown ends a
+// server. It stops accepting at once, as the listener view's Close does:
+// the streams waiting for Accept, and every stream the peer opens from
+// now on, are refused in a way the opener sees (yamux: RST, muxado: GOAWAY
+// and then RST, smux: an immediate FIN with the data discarded), and this
+// side opens no more streams. The streams already open carry on until
+// both sides have closed them (or reset them), or ctx is done. Then it
+// closes the session as Close does, delivering what was written, and
+// returns nil; if ctx ends first, it closes the same way and returns
+// ctx.Err(). yamux's GoAway goes out only at that final close, because
+// go-yamux peers drop every open stream when they receive one.
+func (s *Session) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutting = true
+	s.mu.Unlock()
+	s.stopAccepting()
+	for s.NumStreams() > 0 {
+		select {
+		case <-s.idleCh:
+		case <-s.closing:
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		}
+		if s.IsClosed() {
+			break
+		}
+	}
+	return s.Close()
+}
+
+// Listener returns a view of the session as a net.Listener whose Close
+// only stops accepting, for servers whose graceful shutdown starts by
+// closing their listener (http.Server.Shutdown, grpc.Server.GracefulStop):
+//
+//	go hs.Serve(sess.Listener())
+//	...
+//	hs.Shutdown(ctx) // requests in flight finish over the session
+//	sess.Shutdown(ctx)
+//
+// Its Accept is Session.Accept, and its Addr the session's. Its Close
+// stops accepting as Shutdown does: blocked and later Accept calls fail
+// with an error matching net.ErrClosed, the streams still waiting for
+// Accept and every later open are refused in a way the opener sees (no
+// GoAway on yamux, which would make a go-yamux peer drop its open
+// streams), and the open streams carry on. The session stays up until the
+// application ends it with Shutdown or Close. Every call returns the same
+// view, and closing it twice is harmless. The session itself remains a
+// net.Listener whose Close ends everything.
+func (s *Session) Listener() net.Listener { return &s.view }
+
+// sessionListener is the view Listener returns.
+type sessionListener struct{ s *Session }
+
+func (l *sessionListener) Accept() (net.Conn, error) { return l.s.Accept() }
+func (l *sessionListener) Addr() net.Addr            { return l.s.Addr() }
+
+func (l *sessionListener) Close() error {
+	l.s.stopAccepting()
+	return nil
+}
+
+// stopAccepting makes Accept fail and refuses, so that their openers see
+// it, the streams waiting in the backlog and every open from now on. Where
+// the peer keeps its open streams after a GoAway (muxado), GoAway tells it
+// first.
+func (s *Session) stopAccepting() {
+	s.mu.Lock()
+	if s.acceptClosed {
+		s.mu.Unlock()
+		return
+	}
+	s.acceptClosed = true
+	s.localGoAway = true
+	close(s.acceptDone)
+	var waiting []*Stream
+	for st := s.backlogHead; st != nil; st = st.acceptNext {
+		waiting = append(waiting, st)
+	}
+	last := s.lastPeerID
+	s.mu.Unlock()
+	if s.isDetected() && s.caps.GoAwayKeepsStreams {
+		s.w.queueGoAway(wire.CodeNone, last)
+	}
+	for _, st := range waiting {
+		st.mu.Lock()
+		if st.err != nil {
+			st.mu.Unlock()
+			continue
+		}
+		st.resetLocked(wire.CodeRefused, ErrStreamRefused)
+		st.removed = true
+		st.mu.Unlock()
+		s.nRefused.Add(1)
+		s.forget(st)
+	}
 }
 
 // Ping sends a ping and returns the round trip once the peer answers.
@@ -552,35 +695,52 @@ type Stats struct {
 	RTT             time.Duration // last measured round trip; 0 when unknown
 }
 
-// Close ends the session: every blocked call wakes with an error, GoAway is
-// sent best-effort, the connection is closed, and Close returns once every
-// goroutine of the session has exited.
+// Close ends the session. Every blocked call wakes with an error at once,
+// and new calls fail. Then, within Config.CloseLinger, what was written
+// is delivered: every byte a Write reported on any stream, and the FINs
+// of the streams closed with Close or CloseWrite. The streams the
+// application never closed are reset after their data (smux, which has no
+// reset, leaves them to the end of the connection), GoAway follows where
+// the protocol has it, and the connection is half-closed and kept open,
+// still reading, until the peer has received it all or the linger ends.
+// Data that arrives meanwhile is discarded. Close returns once the
+// connection is closed and every goroutine of the session has exited; it
+// never blocks longer than the linger, even against a peer that does not
+// read. Bytes the peer has not received when the linger ends are lost, as
+// is everything queued with a negative CloseLinger.
 func (s *Session) Close() error {
-	s.shutdown(ErrSessionClosed, wire.CodeNone)
+	s.end(ErrSessionClosed, wire.CodeNone, true)
 	<-s.done
 	return nil
 }
 
-// shutdown starts the end of the session with err, sending GoAway(code)
-// where the protocol has it. It does not wait.
-func (s *Session) shutdown(err error, code wire.Code) {
+// shutdown ends the session abruptly with err: nothing more is delivered
+// but GoAway(code), briefly, where the protocol has it. It does not wait.
+func (s *Session) shutdown(err error, code wire.Code) { s.end(err, code, false) }
+
+// end starts the end of the session with err. A graceful end delivers
+// what was written first (see Close); with the linger negative, or not
+// graceful, only GoAway(code) goes out. It does not wait.
+func (s *Session) end(err error, code wire.Code, graceful bool) {
 	s.closeOnce.Do(func() {
 		if !errors.Is(err, ErrSessionClosed) {
 			err = fmt.Errorf("%w: %w", ErrSessionClosed, err)
 		}
 		s.err.Store(&err)
-		if s.isDetected() && s.caps.GoAway {
-			s.mu.Lock()
-			last := s.lastPeerID
-			s.mu.Unlock()
-			s.w.queueGoAway(code, last)
+		now := time.Now()
+		s.goAwayCode = code
+		switch {
+		case graceful && s.cfg.CloseLinger < 0:
+			s.lingerEnd = now // nothing more is written
+		case graceful:
+			s.graceful = true
+			s.lingerEnd = now.Add(s.cfg.CloseLinger)
+		default:
+			s.lingerEnd = now.Add(goAwayWait)
 		}
 		close(s.closing)
-		// Cut short a write stuck on a peer that does not read, leaving the
-		// writer a moment for the GoAway.
-		s.w.dlMu.Lock()
-		s.conn.SetWriteDeadline(time.Now().Add(goAwayWait))
-		s.w.dlMu.Unlock()
+		// Bound a write already stuck on a peer that does not read.
+		s.w.limitDeadline(s.lingerEnd)
 		if code == wire.CodeNone {
 			s.log.Debug("polymux: session closing", "protocol", s.Protocol(), "reason", err)
 		} else {
@@ -591,6 +751,10 @@ func (s *Session) shutdown(err error, code wire.Code) {
 
 // readLoop reads and dispatches frames until the connection fails or the
 // session ends, then waits for the writer and wakes everything blocked.
+// While the session is ending it goes on reading, and discarding, until
+// the writer closes the connection: a peer blocked writing to us could
+// otherwise not read what we still deliver, and closing a TCP connection
+// with unread data would reset it and lose what the kernel still holds.
 func (s *Session) readLoop() {
 	defer s.finish()
 	if !s.isDetected() {
@@ -607,36 +771,53 @@ func (s *Session) readLoop() {
 	}
 	for {
 		f, err := s.codec.ReadFrame(s.br)
+		if err == nil {
+			s.lastRecv.Store(s.now())
+			s.nFramesRecv.Add(1)
+			if s.IsClosed() {
+				err = s.skip(f)
+			} else {
+				err = s.handle(f)
+			}
+		}
 		if err != nil {
 			s.readFailed(err)
-			return
-		}
-		s.lastRecv.Store(s.now())
-		s.nFramesRecv.Add(1)
-		if err := s.handle(f); err != nil {
-			s.shutdown(err, wire.CodeProtocol)
 			return
 		}
 	}
 }
 
-// readFailed ends the session after a failed frame read.
+// readFailed ends the session after a failed frame read or a frame that
+// broke the protocol. The peer closing the connection ends it gracefully:
+// a peer that is itself lingering still reads what we deliver.
 func (s *Session) readFailed(err error) {
 	switch {
 	case s.IsClosed():
+	case errors.Is(err, ErrProtocol):
+		s.shutdown(err, wire.CodeProtocol)
 	case errors.Is(err, wire.ErrProtocol):
 		s.shutdown(fmt.Errorf("%w: %w", ErrProtocol, err), wire.CodeProtocol)
 	case errors.Is(err, io.EOF):
-		s.shutdown(fmt.Errorf("%w: connection closed by peer", ErrSessionClosed), wire.CodeNone)
+		s.end(fmt.Errorf("%w: connection closed by peer", ErrSessionClosed), wire.CodeNone, true)
 	default:
 		s.shutdown(fmt.Errorf("%w: read: %w", ErrSessionClosed, err), wire.CodeNone)
 	}
+}
+
+// payloadErr is the error of a failed read inside a frame's payload: the
+// connection ending there cuts the frame short.
+func payloadErr(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // finish runs when the read loop ends: once the writer has flushed and
 // closed the connection, every stream learns the session's error and Done
 // is closed.
 func (s *Session) finish() {
+	close(s.readDone)
 	s.shutdown(ErrSessionClosed, wire.CodeNone)
 	<-s.writerDone
 	s.conn.Close()
@@ -646,6 +827,8 @@ func (s *Session) finish() {
 	for _, st := range s.streams {
 		streams = append(streams, st)
 	}
+	clear(s.streams)
+	s.backlogHead, s.backlogTail, s.backlogLen = nil, nil, 0
 	s.mu.Unlock()
 	for _, st := range streams {
 		st.mu.Lock()
@@ -670,9 +853,7 @@ func (s *Session) handle(f wire.Frame) error {
 		return s.handleStream(f)
 	case wire.TypePing:
 		if f.Flags&wire.FlagSYN != 0 {
-			if !s.w.queuePong(f.Value) {
-				s.nPongsDropped.Add(1)
-			}
+			s.w.queuePong(f.Value)
 		} else {
 			s.pong(f.Value)
 		}
@@ -769,6 +950,7 @@ func (s *Session) handleStream(f wire.Frame) error {
 	if f.Flags&wire.FlagFIN != 0 {
 		st.mu.Lock()
 		st.finRecv = true
+		st.freeSlot()
 		s.release(int(st.rwin.Finish()))
 		if st.closed && st.closeTimer != nil {
 			st.closeTimer.Stop()
@@ -809,10 +991,8 @@ func (s *Session) skip(f wire.Frame) error {
 	if f.Type != wire.TypeData || f.Length == 0 {
 		return nil
 	}
-	if _, err := s.br.Discard(int(f.Length)); err != nil {
-		return fmt.Errorf("%w: read: %w", ErrSessionClosed, err)
-	}
-	return nil
+	_, err := s.br.Discard(int(f.Length))
+	return payloadErr(err)
 }
 
 // unknownStream handles a frame for a stream that is not open: its data
@@ -840,16 +1020,14 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 		return nil, protocolErr("peer reopened live stream %d", id)
 	}
 	s.lastPeerID = max(s.lastPeerID, id)
-	code := wire.CodeNone
-	switch {
-	case s.localGoAway || s.IsClosed():
-		code = wire.CodeRefused
-	case s.numIncoming >= s.cfg.MaxIncomingStreams:
-		code = wire.CodeRefused
-	case s.backlogLen >= s.cfg.AcceptBacklog:
-		code = wire.CodeAcceptFull
+	for s.mustPause() {
+		s.mu.Unlock()
+		if !s.awaitAccept() {
+			return nil, nil // the session is ending: nothing is owed
+		}
+		s.mu.Lock()
 	}
-	if code != wire.CodeNone {
+	if code := s.refusal(); code != wire.CodeNone {
 		s.mu.Unlock()
 		s.nRefused.Add(1)
 		s.w.queueRefusal(id, code)
@@ -858,6 +1036,7 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 	}
 	st := newStream(s, id, false)
 	st.backlogged = true
+	st.slot = true
 	s.streams[id] = st
 	s.numIncoming++
 	if s.backlogTail == nil {
@@ -880,6 +1059,57 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 	s.nAccepted.Add(1)
 	notify(s.acceptCh)
 	return st, nil
+}
+
+// refusal is the code a peer's new stream is refused with, or CodeNone
+// to admit it. Only real limits refuse: this side going away, and
+// MaxIncomingStreams, which counts the streams waiting for Accept. A full
+// backlog refuses only where the opener waits for acknowledgements and so
+// keeps within it unless it ignores the protocol (yamux); muxado streams
+// simply wait, and smux pauses before it gets here (see mustPause). s.mu
+// must be held.
+func (s *Session) refusal() wire.Code {
+	switch {
+	case s.localGoAway || s.IsClosed():
+		return wire.CodeRefused
+	case s.numIncoming >= s.cfg.MaxIncomingStreams:
+		return wire.CodeRefused
+	case s.caps.AckOpens && s.backlogLen >= s.cfg.AcceptBacklog:
+		return wire.CodeAcceptFull
+	}
+	return wire.CodeNone
+}
+
+// mustPause reports whether a new peer stream must wait for the
+// application to accept one first: the backlog is full and the protocol
+// can neither refuse the stream nor make its opener wait (smux). Streams
+// that will be refused anyway do not wait, nor does MaxIncomingStreams
+// ever make the read loop wait: the FINs and data that would free a place
+// sit behind the waiting open. s.mu must be held.
+func (s *Session) mustPause() bool {
+	return !s.caps.Reset && s.backlogLen >= s.cfg.AcceptBacklog && !s.localGoAway && !s.IsClosed()
+}
+
+// awaitAccept pauses the read loop until the application accepts a
+// stream, the session stops accepting, or it ends (then false). The pause
+// is this side's choice, so neither keepalive nor WriteTimeout counts it
+// against the peer.
+func (s *Session) awaitAccept() bool {
+	s.paused.Store(true)
+	s.w.holdDeadline(true)
+	defer func() {
+		s.lastRecv.Store(s.now())
+		s.paused.Store(false)
+		s.w.holdDeadline(false)
+	}()
+	select {
+	case <-s.backlogCh:
+		return true
+	case <-s.acceptDone:
+		return true
+	case <-s.closing:
+		return false
+	}
 }
 
 // receive reads n payload bytes of a data frame into st's receive buffer,
@@ -937,7 +1167,7 @@ func (s *Session) receive(st *Stream, n uint32) error {
 		select {
 		case <-s.budgetCh:
 		case <-s.closing:
-			return s.closedErr()
+			return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
 		}
 		st.mu.Lock()
 	}
@@ -955,7 +1185,7 @@ func (s *Session) receive(st *Stream, n uint32) error {
 		remaining -= k
 		if err != nil {
 			st.mu.Unlock()
-			return fmt.Errorf("%w: read: %w", ErrSessionClosed, err)
+			return payloadErr(err)
 		}
 		if st.err != nil || st.readShut {
 			// Reset or CloseRead while the payload was read: drop it all.

@@ -53,6 +53,7 @@ type Stream struct {
 	err        error // terminal: reset, refused, or the session ended
 	removed    bool  // forgotten by the session
 	backlogged bool  // waiting in the session's accept backlog
+	slot       bool  // counts toward MaxIncomingStreams (see freeSlot)
 	openTimer  *time.Timer
 	closeTimer *time.Timer
 
@@ -302,6 +303,7 @@ func (s *Stream) CloseWrite() error {
 		return nil
 	}
 	s.finQueued = true
+	s.freeSlot()
 	s.sess.w.queueData(s)
 	notify(s.writeCh)
 	return nil
@@ -351,6 +353,7 @@ func (s *Stream) Close() error {
 	if s.err == nil {
 		if !s.finQueued {
 			s.finQueued = true
+			s.freeSlot()
 			s.sess.w.queueData(s)
 		}
 		if dropped := s.shutRead(); dropped > 0 && s.sess.caps.Reset {
@@ -403,6 +406,20 @@ func (s *Stream) resetLocked(code wire.Code, err error) {
 	}
 }
 
+// freeSlot gives back the stream's place among MaxIncomingStreams once both
+// ends have closed it: it is no longer open, even while its FIN waits to
+// be written. s.mu must be held.
+func (s *Stream) freeSlot() {
+	if !s.slot || !s.finQueued || !s.finRecv {
+		return
+	}
+	s.slot = false
+	sess := s.sess
+	sess.mu.Lock()
+	sess.numIncoming--
+	sess.mu.Unlock()
+}
+
 // fail makes err the stream's terminal error and drops what it buffered.
 // s.mu must be held.
 func (s *Stream) fail(err error) {
@@ -423,11 +440,14 @@ func (s *Stream) fail(err error) {
 }
 
 // sessionEnded gives the stream the session's error, keeping what it
-// buffered readable. s.mu must be held.
+// received readable; what it still held for sending can never go, and is
+// freed. The writer has exited. s.mu must be held.
 func (s *Stream) sessionEnded(err error) {
 	if s.err == nil {
 		s.err = err
 	}
+	s.send.discard(s.send.len())
+	s.inflight = 0
 	s.stopTimers()
 	notify(s.readCh)
 	notify(s.writeCh)

@@ -16,16 +16,18 @@ const (
 	batchBytes = 256 << 10
 	// headerArena is the room for encoded headers in one batch.
 	headerArena = 64 << 10
-	// maxPongs bounds ping replies waiting to be written; a peer that
-	// floods pings without reading our replies gets the excess dropped.
-	maxPongs = 16
-	// maxRefusals bounds RSTs for streams not in the table (refused opens,
-	// data for closed streams) waiting to be written.
+	// maxPongs bounds ping replies waiting to be written, and maxRefusals
+	// the RSTs (or FINs) for streams not in the table: refused opens, data
+	// for closed streams. Past either, the read loop waits for the writer,
+	// so a peer that floods us without reading the replies meets TCP
+	// backpressure, and WriteTimeout if it never reads; no reply is lost.
+	maxPongs    = 16
 	maxRefusals = 1024
 	// minCompact is the queue length below which dead streams are left for
 	// the writer to skip rather than compacted out.
 	minCompact = 64
-	// goAwayWait bounds how long Close spends on the final GoAway.
+	// goAwayWait bounds how long an abrupt end (a protocol error, a
+	// failed write) spends on its GoAway.
 	goAwayWait = 250 * time.Millisecond
 	// nopInterval is how often a NOP goes out on a connection this side
 	// has left silent, for protocols whose peers time out silent sessions
@@ -52,6 +54,7 @@ type taken struct {
 type writer struct {
 	s      *Session
 	wakeCh chan struct{}
+	roomCh chan struct{} // signalled when the writer takes pongs and refusals
 
 	mu         sync.Mutex // guards the fields up to the blank line
 	ctrlQ      []*Stream  // streams with control frames to send
@@ -59,9 +62,10 @@ type writer struct {
 	pongs      []uint32
 	pingID     uint32
 	pingQueued bool
-	goAway     bool
+	goAway     bool // a GoAway waits to be written
 	goAwayCode wire.Code
 	goAwayLast uint32
+	goAwayUsed bool // a GoAway was queued: the session sends at most one
 	nop        bool
 	refusals   []refusal
 	front      []*Stream // spare for requeue
@@ -81,16 +85,20 @@ type writer struct {
 	frames                   int
 	vectored                 bool
 	err                      error // an encode error: a bug, which ends the session
-	lastDeadline             time.Time
-	dlMu                     sync.Mutex // orders deadline changes with shutdown
-	probing                  bool       // a keepalive probe is unanswered
+	probing                  bool  // a keepalive probe is unanswered
 	probeAt                  int64
 	lastSend                 int64 // s.now() of the last write to the connection
+
+	dlMu         sync.Mutex // guards the connection's write deadline and the fields below
+	lastDeadline time.Time  // when the deadline was last moved
+	held         bool       // WriteTimeout is lifted while the read loop pauses
+	limit        time.Time  // the end of the session: no write lasts past it
 }
 
 func (w *writer) init(s *Session) {
 	w.s = s
 	w.wakeCh = make(chan struct{}, 1)
+	w.roomCh = make(chan struct{}, 1)
 	w.ctrlLimit, w.dataLimit = minCompact, minCompact
 	w.hdrs = make([]byte, 0, headerArena)
 	switch s.conn.(type) {
@@ -148,16 +156,48 @@ func compact(q []*Stream, limit *int, unqueue func(*Stream)) []*Stream {
 	return kept
 }
 
-// queuePong queues a ping reply and reports whether there was room.
-func (w *writer) queuePong(id uint32) bool {
+// queuePong queues a ping reply. Only the read loop calls it; while
+// maxPongs replies wait, it waits for the writer to take them. A reply is
+// dropped only when the session ends, which owes nothing more.
+func (w *writer) queuePong(id uint32) {
 	w.mu.Lock()
-	ok := len(w.pongs) < maxPongs
-	if ok {
-		w.pongs = append(w.pongs, id)
+	for len(w.pongs) >= maxPongs {
+		if !w.awaitRoom() {
+			return
+		}
 	}
+	w.pongs = append(w.pongs, id)
 	w.mu.Unlock()
 	w.wake()
-	return ok
+}
+
+// queueRefusal queues a reset (or, without RST, a FIN) for a stream not in
+// the table, waiting as queuePong does while maxRefusals of them wait.
+func (w *writer) queueRefusal(id uint32, code wire.Code) {
+	w.mu.Lock()
+	for len(w.refusals) >= maxRefusals {
+		if !w.awaitRoom() {
+			return
+		}
+	}
+	w.refusals = append(w.refusals, refusal{id, code})
+	w.mu.Unlock()
+	w.wake()
+}
+
+// awaitRoom releases w.mu and waits for the writer to take the replies it
+// queues, then takes w.mu again. It reports false, leaving w.mu released,
+// if the session ends first.
+func (w *writer) awaitRoom() bool {
+	w.mu.Unlock()
+	w.wake()
+	select {
+	case <-w.roomCh:
+		w.mu.Lock()
+		return true
+	case <-w.s.closing:
+		return false
+	}
 }
 
 func (w *writer) queuePing(id uint32) {
@@ -167,20 +207,13 @@ func (w *writer) queuePing(id uint32) {
 	w.wake()
 }
 
+// queueGoAway queues GoAway(code), unless the session has sent one
+// already: a peer is told once.
 func (w *writer) queueGoAway(code wire.Code, last uint32) {
 	w.mu.Lock()
-	w.goAway, w.goAwayCode, w.goAwayLast = true, code, last
-	w.mu.Unlock()
-	w.wake()
-}
-
-// queueRefusal queues a reset for a stream not in the table. Past
-// maxRefusals pending, the refusal is dropped: only a peer that opens
-// streams far faster than it reads our replies gets there.
-func (w *writer) queueRefusal(id uint32, code wire.Code) {
-	w.mu.Lock()
-	if len(w.refusals) < maxRefusals {
-		w.refusals = append(w.refusals, refusal{id, code})
+	if !w.goAwayUsed {
+		w.goAwayUsed = true
+		w.goAway, w.goAwayCode, w.goAwayLast = true, code, last
 	}
 	w.mu.Unlock()
 	w.wake()
@@ -224,21 +257,41 @@ func (w *writer) run() {
 		default:
 		}
 		if err := w.flush(); err != nil {
+			// The frames may be cut anywhere: nothing more can be written.
 			s.shutdown(fmt.Errorf("%w: write: %w", ErrSessionClosed, err), wire.CodeNone)
-			w.final()
+			s.conn.Close()
 			return
 		}
 	}
 }
 
-// final writes the pending GoAway, best effort and briefly, and closes the
-// connection so the read loop ends.
+// final ends the connection, by s.lingerEnd. A graceful end first writes
+// everything queued, then resets the streams the application never closed,
+// then GoAway, and waits for the peer to take it all (awaitDelivery); an
+// abrupt one writes only GoAway.
 func (w *writer) final() {
 	s := w.s
-	w.dlMu.Lock()
-	s.conn.SetWriteDeadline(time.Now().Add(goAwayWait))
-	w.dlMu.Unlock()
+	defer s.conn.Close()
+	if !time.Now().Before(s.lingerEnd) {
+		return
+	}
+	if s.graceful {
+		for w.fill() > 0 {
+			if w.flush() != nil {
+				return
+			}
+		}
+		if !w.resetUnclosed() {
+			return
+		}
+	}
 	w.reset()
+	s.mu.Lock()
+	last := s.lastPeerID
+	s.mu.Unlock()
+	if s.caps.GoAway {
+		w.queueGoAway(s.goAwayCode, last)
+	}
 	w.mu.Lock()
 	goAway := w.goAway
 	w.goAway = false
@@ -246,9 +299,84 @@ func (w *writer) final() {
 	w.mu.Unlock()
 	if goAway {
 		w.frame(f)
-		w.write()
+		if w.write() != nil {
+			return
+		}
 	}
-	s.conn.Close()
+	if s.graceful {
+		w.awaitDelivery()
+	}
+}
+
+// resetUnclosed resets, after everything they wrote, the streams whose
+// writing side the application never closed, so their peers learn that the
+// data ended short rather than reading a clean end. Without RST (smux),
+// the end of the connection says it. It reports false if a write failed.
+func (w *writer) resetUnclosed() bool {
+	s := w.s
+	if !s.caps.Reset {
+		return true
+	}
+	s.mu.Lock()
+	ids := make([]uint32, 0, len(s.streams))
+	for id, st := range s.streams {
+		st.mu.Lock()
+		if st.err == nil && !st.finQueued {
+			ids = append(ids, id)
+		}
+		st.mu.Unlock()
+	}
+	s.mu.Unlock()
+	w.reset()
+	for _, id := range ids {
+		if !w.room(1) {
+			if w.write() != nil {
+				return false
+			}
+			w.reset()
+		}
+		w.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagRST, Stream: id, Value: uint32(wire.CodeNone)})
+	}
+	return w.frames == 0 || w.write() == nil
+}
+
+// awaitDelivery half-closes the connection and waits, until s.lingerEnd,
+// for the peer to have everything written: its end of the connection
+// closing proves that, and on Linux so does an empty socket send queue.
+// Closing at once would lose what the kernel still holds whenever data
+// the peer sent meanwhile lies unread, since TCP then resets the
+// connection and discards its send queue.
+func (w *writer) awaitDelivery() {
+	s := w.s
+	cw, ok := s.conn.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return // no half-close (net.Pipe): a completed write was delivered
+	}
+	linger := time.NewTimer(time.Until(s.lingerEnd))
+	defer linger.Stop()
+	unsent := sendQueueProbe(s.conn)
+	if unsent == nil {
+		select {
+		case <-s.readDone:
+		case <-linger.C:
+		}
+		return
+	}
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	for every := 50 * time.Microsecond; ; every = min(2*every, 10*time.Millisecond) {
+		select {
+		case <-s.readDone:
+			return
+		case <-linger.C:
+			return
+		case <-poll.C:
+			if unsent() == 0 {
+				return
+			}
+			poll.Reset(every)
+		}
+	}
 }
 
 // reset empties the batch.
@@ -310,6 +438,7 @@ func (w *writer) fill() int {
 		w.sessCtrl = append(w.sessCtrl, f)
 	}
 	w.refusals = w.refusals[:0]
+	notify(w.roomCh)
 	w.ctrl = append(w.ctrl[:0], w.ctrlQ...)
 	w.ctrlQ = w.ctrlQ[:0]
 	for _, st := range w.ctrl {
@@ -491,17 +620,7 @@ func (w *writer) flush() error {
 // write puts the batch on the connection.
 func (w *writer) write() error {
 	s := w.s
-	if s.cfg.WriteTimeout > 0 {
-		now := time.Now()
-		if now.Sub(w.lastDeadline) > s.cfg.WriteTimeout/2 {
-			w.dlMu.Lock()
-			if !s.IsClosed() {
-				s.conn.SetWriteDeadline(now.Add(s.cfg.WriteTimeout))
-				w.lastDeadline = now
-			}
-			w.dlMu.Unlock()
-		}
-	}
+	w.armDeadline()
 	if w.vectored {
 		w.iov = w.bufs
 		_, err := w.iov.WriteTo(s.conn)
@@ -518,6 +637,59 @@ func (w *writer) write() error {
 		err = io.ErrShortWrite
 	}
 	return err
+}
+
+// armDeadline moves the connection's write deadline to WriteTimeout from
+// now, once half of it has passed since it was last moved, so that one
+// write stuck longer ends the session. While the read loop pauses by
+// choice (holdDeadline) there is none, and once the session ends none
+// lies past its end.
+func (w *writer) armDeadline() {
+	s := w.s
+	timeout := s.cfg.WriteTimeout
+	if timeout <= 0 {
+		return
+	}
+	now := time.Now()
+	w.dlMu.Lock()
+	defer w.dlMu.Unlock()
+	if w.held || now.Sub(w.lastDeadline) <= timeout/2 {
+		return
+	}
+	d := now.Add(timeout)
+	if !w.limit.IsZero() && w.limit.Before(d) {
+		d = w.limit
+	}
+	s.conn.SetWriteDeadline(d)
+	w.lastDeadline = now
+}
+
+// holdDeadline lifts the write timeout while the read loop pauses by this
+// side's choice (the peer may be waiting for that same pause to end before
+// it reads), and arms it afresh when the pause ends.
+func (w *writer) holdDeadline(hold bool) {
+	w.dlMu.Lock()
+	defer w.dlMu.Unlock()
+	if w.held == hold || !w.limit.IsZero() {
+		w.held = hold
+		return
+	}
+	w.held = hold
+	if hold {
+		w.s.conn.SetWriteDeadline(time.Time{})
+	} else {
+		w.lastDeadline = time.Time{}
+	}
+}
+
+// limitDeadline bounds every write from now on by t, the end of the
+// session, a write already under way included.
+func (w *writer) limitDeadline(t time.Time) {
+	w.dlMu.Lock()
+	defer w.dlMu.Unlock()
+	w.limit, w.held = t, false
+	w.lastDeadline = time.Time{}
+	w.s.conn.SetWriteDeadline(t)
 }
 
 // keepaliveTimer returns the keepalive timer, or nil when there is
@@ -580,6 +752,12 @@ func (w *writer) liveness(now int64) (int64, bool) {
 	s := w.s
 	last := s.lastRecv.Load()
 	interval, timeout := int64(s.cfg.KeepAliveInterval), int64(s.cfg.KeepAliveTimeout)
+	if s.paused.Load() {
+		// Not reading, by this side's choice: the peer's silence proves
+		// nothing. The pause's end counts as a sign of life.
+		w.probing = false
+		return now + interval, true
+	}
 	if w.probing {
 		if last < w.probeAt {
 			if now-w.probeAt >= timeout {

@@ -132,6 +132,11 @@ type Caps struct {
 	GoAway bool
 	// GoAwayLastID: the GoAway frame carries the last accepted stream id.
 	GoAwayLastID bool
+	// GoAwayKeepsStreams: peers keep serving their open streams after a
+	// GoAway (muxado), so a graceful end may announce itself at once.
+	// Without it (yamux: go-yamux closes its whole session on any GoAway)
+	// GoAway goes out only when the session finally closes.
+	GoAwayKeepsStreams bool
 	// WindowOnOpen: the SYN frame can carry a window increment.
 	WindowOnOpen bool
 	// SynFinApart: SYN and FIN must never be sent in the same frame.

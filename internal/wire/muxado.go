@@ -47,21 +47,22 @@ const (
 // answer, and muxado mishandles SYN and FIN in one frame, hence
 // SynFinApart. Data for a stream that is not open draws RST StreamClosed.
 var muxadoCaps = Caps{
-	Window:            WindowDelta,
-	InitialWindow:     262144,
-	MaxPayload:        muxadoMaxLength,
-	FirstID:           [2]uint32{3, 2},
-	MaxStreamID:       muxadoStreamMask,
-	AckOpens:          false,
-	Reset:             true,
-	PingReply:         false,
-	KeepAliveNop:      false,
-	GoAway:            true,
-	GoAwayLastID:      true,
-	WindowOnOpen:      false,
-	SynFinApart:       true,
-	OverrunResets:     true,
-	RejectUnknownData: true,
+	Window:             WindowDelta,
+	InitialWindow:      262144,
+	MaxPayload:         muxadoMaxLength,
+	FirstID:            [2]uint32{3, 2},
+	MaxStreamID:        muxadoStreamMask,
+	AckOpens:           false,
+	Reset:              true,
+	PingReply:          false,
+	KeepAliveNop:       false,
+	GoAway:             true,
+	GoAwayLastID:       true,
+	GoAwayKeepsStreams: true,
+	WindowOnOpen:       false,
+	SynFinApart:        true,
+	OverrunResets:      true,
+	RejectUnknownData:  true,
 }
 
 // muxadoCodec has no state, so a zero-size value can be shared freely.

@@ -277,17 +277,18 @@ func TestMuxadoDescribesItself(t *testing.T) {
 		t.Fatal("Caps must return the shared table, not a copy")
 	}
 	want := Caps{
-		Window:            WindowDelta,
-		InitialWindow:     262144,
-		MaxPayload:        0xFFFFFF,
-		FirstID:           [2]uint32{3, 2},
-		MaxStreamID:       0x7FFFFFFF,
-		Reset:             true,
-		GoAway:            true,
-		GoAwayLastID:      true,
-		SynFinApart:       true,
-		OverrunResets:     true,
-		RejectUnknownData: true,
+		Window:             WindowDelta,
+		InitialWindow:      262144,
+		MaxPayload:         0xFFFFFF,
+		FirstID:            [2]uint32{3, 2},
+		MaxStreamID:        0x7FFFFFFF,
+		Reset:              true,
+		GoAway:             true,
+		GoAwayLastID:       true,
+		GoAwayKeepsStreams: true,
+		SynFinApart:        true,
+		OverrunResets:      true,
+		RejectUnknownData:  true,
 	}
 	if got := *Muxado().Caps(); got != want {
 		t.Fatalf("caps = %+v, want %+v", got, want)
