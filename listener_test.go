@@ -310,6 +310,9 @@ func TestListenerRejectsAnInvalidConfig(t *testing.T) {
 	if _, err := Listen("tcp", "127.0.0.1:0", &Config{AcceptBacklog: -1}); err == nil {
 		t.Fatal("Listen accepted a negative AcceptBacklog")
 	}
+	if _, err := Listen("tcp", "127.0.0.1:0", &Config{MaxDetecting: -1}); err == nil || !strings.Contains(err.Error(), "MaxDetecting") {
+		t.Fatalf("Listen with a negative MaxDetecting: %v", err)
+	}
 }
 
 func TestDialAndListenOverTLS(t *testing.T) {
