@@ -26,14 +26,15 @@ const maxReadySessions = 128
 // Before Accept returns its session, a connection is first pending: its
 // TLS handshake runs (ListenTLS, or an inner listener that returns
 // *tls.Conn), and in Auto mode its protocol is detected from the client's
-// first bytes. A pending connection costs its socket, one goroutine and a
-// few hundred bytes, no Session. Pending connections are bounded in time
-// by Config.DetectTimeout, counted from when the connection is accepted,
-// and in number by Config.MaxDetecting: a connection accepted past it
-// closes the oldest pending one. So clients that stay silent, or send
-// their first bytes slowly, never stop the Listener from accepting, and
-// never delay other clients. A connection whose first bytes match no
-// protocol is closed and logged.
+// first bytes. A pending connection costs its socket, one goroutine
+// (about 4 KiB of stack) and about 1 KiB of heap (2 KiB with TLS), not a
+// Session. Pending connections are bounded in time by
+// Config.DetectTimeout, counted from when the connection is accepted, and
+// in number by Config.MaxDetecting: a connection accepted past it closes
+// the oldest pending one. So clients that stay silent, or send their
+// first bytes slowly, never stop the Listener from accepting, and never
+// delay other clients. A connection whose first bytes match no protocol
+// is closed and logged.
 //
 // Then its session starts and waits for Accept. At most 128 sessions wait:
 // when that many do, the Listener stops accepting connections until Accept
