@@ -114,8 +114,16 @@ type Config struct {
 
 	// DetectTimeout bounds how long a server in Auto mode waits for the
 	// client's first bytes to tell its protocol; the connection is closed
-	// if none arrive in time. Default 10 s.
+	// if none arrive in time. A Listener also bounds the TLS handshake by
+	// it, in every mode: handshake and first bytes together get this long
+	// from the moment the connection is accepted. Default 10 s.
 	DetectTimeout time.Duration
+	// MaxDetecting bounds the connections a Listener holds that are still
+	// in the TLS handshake or still detecting their protocol (see
+	// Listener). A connection accepted past it closes the oldest such
+	// connection, so clients that stay silent or send slowly never stop
+	// the Listener from accepting. Default 1024.
+	MaxDetecting int
 
 	// Logger receives session events; nil discards them.
 	Logger *slog.Logger
@@ -136,6 +144,7 @@ const (
 	defaultStreamCloseTimeout = 5 * time.Minute
 	defaultDetectTimeout      = 10 * time.Second
 	defaultCloseLinger        = 5 * time.Second
+	defaultMaxDetecting       = 1024
 	// maxFrameSizeLimit is the largest MaxFrameSize accepted: bigger frames
 	// only hurt the latency of other streams.
 	maxFrameSizeLimit = 16<<20 - 1
@@ -165,6 +174,7 @@ func (c *Config) fill() {
 	setDefault(&c.StreamCloseTimeout, defaultStreamCloseTimeout)
 	setDefault(&c.DetectTimeout, defaultDetectTimeout)
 	setDefault(&c.CloseLinger, defaultCloseLinger)
+	setDefault(&c.MaxDetecting, defaultMaxDetecting)
 }
 
 func setDefault[T comparable](field *T, def T) {
@@ -201,6 +211,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("polymux: Config.KeepAliveTimeout must not be negative, got %v", d.KeepAliveTimeout)
 	case d.DetectTimeout < 0:
 		return fmt.Errorf("polymux: Config.DetectTimeout must not be negative, got %v", d.DetectTimeout)
+	case d.MaxDetecting < 0:
+		return fmt.Errorf("polymux: Config.MaxDetecting must not be negative, got %d", d.MaxDetecting)
 	case d.WriteTimeout < 0:
 		return fmt.Errorf("polymux: Config.WriteTimeout must not be negative, got %v", d.WriteTimeout)
 	}

@@ -50,4 +50,17 @@
 // so a client that never opens a stream is closed after
 // Config.DetectTimeout; servers whose clients only accept streams must set
 // the Protocol explicitly.
+//
+// # Listener
+//
+// A Listener serves a session on every connection it accepts. In Auto
+// mode it needs the client's first bytes to know the protocol, so a client
+// that only accepts streams the server opens, and sends nothing first,
+// needs a Listener with an explicit Protocol. The TLS handshake (ListenTLS)
+// and the wait for those bytes run in the Listener before any session
+// exists, bounded by Config.DetectTimeout and, in number, by
+// Config.MaxDetecting, past which the oldest such connection is closed:
+// silent or slow clients cost a socket and a goroutine each and never stop
+// the Listener from accepting. Only sessions waiting for Accept pause it,
+// when an application stops calling Accept (see Listener).
 package polymux

@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -252,13 +253,21 @@ func TestListenerBadClientsNeverDelayGoodOnes(t *testing.T) {
 	// Every bad connection is closed: garbage at once, the others after
 	// DetectTimeout.
 	for name, c := range map[string]net.Conn{"garbage": garbage, "silent": silent, "stalled": stalled} {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.Copy(io.Discard, c); err != nil {
-			t.Fatalf("%s connection not closed by the server: %v", name, err)
-		}
+		expectClosed(t, name, c, 5*time.Second)
 	}
 	if !strings.Contains(logs.String(), "unknown protocol: first bytes 16 03 01 02") {
 		t.Fatalf("garbage not reported in the log:\n%s", logs.String())
+	}
+}
+
+// expectClosed waits, up to d, for the server to close c. The server
+// closes a connection with bytes it did not read (peeked, or sent after
+// the first ones) with a reset, which counts as closed too.
+func expectClosed(t testing.TB, name string, c net.Conn, d time.Duration) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("%s connection not closed by the server: %v", name, err)
 	}
 }
 
@@ -291,10 +300,7 @@ func TestListenerCloseEndsSessionsNotYetAccepted(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a session waiting for Accept survived Listener.Close")
 	}
-	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.Copy(io.Discard, silent); err != nil {
-		t.Fatalf("a connection still detecting survived Listener.Close: %v", err)
-	}
+	expectClosed(t, "a connection still detecting at Listener.Close", silent, 5*time.Second)
 }
 
 func TestListenerRejectsAnInvalidConfig(t *testing.T) {
@@ -309,6 +315,9 @@ func TestListenerRejectsAnInvalidConfig(t *testing.T) {
 	}
 	if _, err := Listen("tcp", "127.0.0.1:0", &Config{AcceptBacklog: -1}); err == nil {
 		t.Fatal("Listen accepted a negative AcceptBacklog")
+	}
+	if _, err := Listen("tcp", "127.0.0.1:0", &Config{MaxDetecting: -1}); err == nil || !strings.Contains(err.Error(), "MaxDetecting") {
+		t.Fatalf("Listen with a negative MaxDetecting: %v", err)
 	}
 }
 
@@ -384,4 +393,125 @@ func selfSigned(t *testing.T) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// listenerState is what a Listener holds: pending connections, sessions
+// ready for Accept, connections evicted so far, and whether accepting is
+// paused.
+func listenerState(l *Listener) (pending, ready int, evicted uint64, paused bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.nPending, len(l.ready), l.evicted.Load(), l.paused
+}
+
+// tlsRecordStart is the start of a ClientHello record: a TLS client that
+// dribbles it never gets to the end.
+var tlsRecordStart = []byte{0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03}
+
+// yamuxPing is a whole yamux ping frame: a client that sends it first is
+// detected at once.
+var yamuxPing = []byte{0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1}
+
+func TestListenerDropsSlowClientsAtDetectTimeout(t *testing.T) {
+	checkLeaks(t)
+	// One byte a second: more than DetectLen seconds to detect, but less
+	// than DetectTimeout between bytes, so only a deadline counted from
+	// accept (not from the last byte) drops the client.
+	const detect = 1500 * time.Millisecond
+	cert := selfSigned(t)
+	cases := []struct {
+		name  string
+		tls   bool
+		proto Protocol
+		first []byte
+	}{
+		{"tcp/auto", false, Auto, yamuxPing},
+		{"tls/auto", true, Auto, tlsRecordStart},
+		{"tls/explicit_protocol", true, Yamux, tlsRecordStart},
+	}
+	var wg sync.WaitGroup
+	for _, tc := range cases {
+		cfg := &Config{Protocol: tc.proto, DetectTimeout: detect}
+		var ln *Listener
+		var err error
+		if tc.tls {
+			ln, err = ListenTLS("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}}, cfg)
+		} else {
+			ln, err = Listen("tcp", "127.0.0.1:0", cfg)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for {
+				s, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				t.Errorf("%s: a client that sent one byte a second was served (%v) instead of dropped at DetectTimeout", tc.name, s.Protocol())
+				s.Close()
+			}
+		}()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go func() {
+			defer wg.Done()
+			// The client's clock starts once the server holds the
+			// connection, so the server's deadline is no later than ours.
+			for giveUp := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+				if pending, _, _, _ := listenerState(ln); pending == 1 {
+					break
+				}
+				if time.Now().After(giveUp) {
+					t.Errorf("%s: the listener did not accept the client within 5 s", tc.name)
+					ln.Close()
+					return
+				}
+			}
+			start := time.Now()
+			closed := make(chan struct{})
+			go func() {
+				defer close(closed)
+				c.SetReadDeadline(time.Now().Add(detect + 10*time.Second))
+				io.Copy(io.Discard, c)
+			}()
+			sent := 0
+		dribbling:
+			for _, b := range tc.first {
+				if _, err := c.Write([]byte{b}); err != nil {
+					break
+				}
+				sent++
+				select {
+				case <-closed:
+					break dribbling
+				case <-time.After(time.Second):
+				}
+			}
+			<-closed
+			took := time.Since(start)
+			t.Logf("%s: dropped after %v, %d bytes sent", tc.name, took.Round(time.Millisecond), sent)
+			if took > detect+5*time.Second {
+				t.Errorf("%s: dropped after %v, DetectTimeout %v", tc.name, took, detect)
+			}
+			if pending, _, _, _ := listenerState(ln); pending != 0 {
+				t.Errorf("%s: %d connections still pending after the drop", tc.name, pending)
+			}
+			ln.Close()
+		}()
+	}
+	wg.Wait()
+}
+
+// clientTLS is a client configuration that trusts cert.
+func clientTLS(cert tls.Certificate) *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(cert.Leaf)
+	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 }

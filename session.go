@@ -44,10 +44,7 @@ type Session struct {
 	// detected is closed once proto, codec, caps, frameMax and nextID are
 	// set: at once, or after a server in Auto mode has seen the client's
 	// first bytes. Those fields are read only after it is closed.
-	detected chan struct{}
-	// onReady, if set, is called once by the read loop when the protocol
-	// is known (err nil) or could not be detected.
-	onReady   func(*Session, error)
+	detected  chan struct{}
 	budgetCh  chan struct{} // signalled when buffered bytes are released
 	backlogCh chan struct{} // signalled when the accept backlog shrinks
 	idleCh    chan struct{} // signalled when the stream table empties
@@ -122,12 +119,14 @@ func Client(conn net.Conn, cfg *Config) (*Session, error) { return newSession(co
 func Server(conn net.Conn, cfg *Config) (*Session, error) { return newSession(conn, cfg, false) }
 
 func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
-	return startSession(conn, cfg, client, nil)
+	return startSession(conn, conn, cfg, client)
 }
 
-// startSession starts a session; onReady is called from its read loop once
-// the protocol is known or detection failed.
-func startSession(conn net.Conn, cfg *Config, client bool, onReady func(*Session, error)) (*Session, error) {
+// startSession starts a session on conn that reads from rd: conn itself,
+// or (for a Listener that read the client's first bytes to detect its
+// protocol) a reader that yields those bytes first. Writes always go to
+// conn, so the writer sees the connection's own type.
+func startSession(conn net.Conn, rd io.Reader, cfg *Config, client bool) (*Session, error) {
 	if cfg == nil {
 		cfg = DefaultConfig()
 	}
@@ -142,10 +141,9 @@ func startSession(conn net.Conn, cfg *Config, client bool, onReady func(*Session
 		client:     client,
 		log:        c.Logger,
 		budget:     flow.NewBudget(c.MaxSessionBuffer),
-		br:         bufio.NewReaderSize(conn, readBufferSize),
+		br:         bufio.NewReaderSize(rd, readBufferSize),
 		epoch:      time.Now(),
 		detected:   make(chan struct{}),
-		onReady:    onReady,
 		budgetCh:   make(chan struct{}, 1),
 		backlogCh:  make(chan struct{}, 1),
 		idleCh:     make(chan struct{}, 1),
@@ -760,14 +758,8 @@ func (s *Session) readLoop() {
 	if !s.isDetected() {
 		if err := s.detect(); err != nil {
 			s.shutdown(err, wire.CodeProtocol)
-			if s.onReady != nil {
-				s.onReady(s, err)
-			}
 			return
 		}
-	}
-	if s.onReady != nil {
-		s.onReady(s, nil)
 	}
 	for {
 		f, err := s.codec.ReadFrame(s.br)
