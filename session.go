@@ -48,6 +48,7 @@ type Session struct {
 	budgetCh  chan struct{} // signalled when buffered bytes are released
 	backlogCh chan struct{} // signalled when the accept backlog shrinks
 	idleCh    chan struct{} // signalled when the stream table empties
+	lingerCh  chan struct{} // signalled when a lingering stream is forgotten
 	// paused is set while the read loop waits, by this side's choice, for
 	// the application to accept (smux): keepalive and WriteTimeout do not
 	// count that wait against the peer.
@@ -60,7 +61,8 @@ type Session struct {
 	backlogHead  *Stream // accept backlog, oldest first
 	backlogTail  *Stream
 	backlogLen   int
-	numIncoming  int    // live peer-opened streams
+	numIncoming  int    // open peer-opened streams, toward MaxIncomingStreams
+	lingering    int    // peer-opened streams closed both ways whose FIN waits to be written
 	unacked      int    // streams this side opened that await the peer's ACK
 	lastPeerID   uint32 // highest stream id the peer opened
 	localGoAway  bool   // peer opens are refused: GoAway, Shutdown or the listener view's Close
@@ -147,6 +149,7 @@ func startSession(conn net.Conn, rd io.Reader, cfg *Config, client bool) (*Sessi
 		budgetCh:   make(chan struct{}, 1),
 		backlogCh:  make(chan struct{}, 1),
 		idleCh:     make(chan struct{}, 1),
+		lingerCh:   make(chan struct{}, 1),
 		streams:    make(map[uint32]*Stream),
 		acceptCh:   make(chan struct{}, 1),
 		acceptDone: make(chan struct{}),
@@ -400,8 +403,8 @@ func (s *Session) forget(st *Stream) {
 	st.backlogged = false
 	wasUnacked := !st.acked
 	st.acked = true
-	slot := st.slot
-	st.slot = false
+	slot, lingering := st.slot, st.lingering
+	st.slot, st.lingering = false, false
 	pendingFIN := st.finQueued && !st.finSent && (st.err == nil || !s.caps.Reset)
 	if !st.needRST && !pendingFIN {
 		st.needSYN, st.needACK, st.needUpdate = false, false, false
@@ -415,6 +418,11 @@ func (s *Session) forget(st *Stream) {
 	s.mu.Lock()
 	if s.streams[st.id] == st {
 		delete(s.streams, st.id)
+		if !st.local {
+			// Counted until its FIN is written: until then it holds
+			// memory a peer that does not read could pile up.
+			s.numIncoming--
+		}
 		if len(s.streams) == 0 {
 			notify(s.idleCh)
 		}
@@ -424,6 +432,10 @@ func (s *Session) forget(st *Stream) {
 	}
 	if slot {
 		s.numIncoming--
+	}
+	if lingering {
+		s.lingering--
+		notify(s.lingerCh)
 	}
 	if wasUnacked {
 		s.unacked--
@@ -1012,9 +1024,22 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 		return nil, protocolErr("peer reopened live stream %d", id)
 	}
 	s.lastPeerID = max(s.lastPeerID, id)
-	for s.mustPause() {
+	for {
+		wait := s.awaitAccept
+		switch {
+		case s.mustPause():
+		case s.lingering >= s.cfg.MaxIncomingStreams && !s.IsClosed():
+			// As many streams closed both ways wait for their FINs to
+			// be written: wait for the writer, as for replies.
+			wait = s.awaitLinger
+		default:
+			wait = nil
+		}
+		if wait == nil {
+			break
+		}
 		s.mu.Unlock()
-		if !s.awaitAccept() {
+		if !wait() {
 			return nil, nil // the session is ending: nothing is owed
 		}
 		s.mu.Lock()
@@ -1080,6 +1105,17 @@ func (s *Session) refusal() wire.Code {
 // sit behind the waiting open. s.mu must be held.
 func (s *Session) mustPause() bool {
 	return !s.caps.Reset && s.backlogLen >= s.cfg.AcceptBacklog && !s.localGoAway && !s.IsClosed()
+}
+
+// awaitLinger waits until the writer has written the FIN of a stream
+// closed both ways, reporting false if the session ends first.
+func (s *Session) awaitLinger() bool {
+	select {
+	case <-s.lingerCh:
+		return true
+	case <-s.closing:
+		return false
+	}
 }
 
 // awaitAccept pauses the read loop until the application accepts a

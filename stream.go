@@ -53,9 +53,12 @@ type Stream struct {
 	err        error // terminal: reset, refused, or the session ended
 	removed    bool  // forgotten by the session
 	backlogged bool  // waiting in the session's accept backlog
-	slot       bool  // counts toward MaxIncomingStreams (see freeSlot)
-	openTimer  *time.Timer
-	closeTimer *time.Timer
+	// A peer-opened stream counts toward MaxIncomingStreams (slot) until
+	// both ends have closed it; then, until its FIN is written and it is
+	// forgotten, among the session's lingering streams (see freeSlot).
+	slot, lingering bool
+	openTimer       *time.Timer
+	closeTimer      *time.Timer
 
 	// Guarded by sess.mu: links of the accept backlog.
 	acceptPrev, acceptNext *Stream
@@ -407,16 +410,19 @@ func (s *Stream) resetLocked(code wire.Code, err error) {
 }
 
 // freeSlot gives back the stream's place among MaxIncomingStreams once both
-// ends have closed it: it is no longer open, even while its FIN waits to
-// be written. s.mu must be held.
+// ends have closed it, even while its FIN waits to be written, which
+// depends only on the writer: it then counts among the session's
+// lingering streams, which are bounded apart (see Session.incoming).
+// s.mu must be held.
 func (s *Stream) freeSlot() {
-	if !s.slot || !s.finQueued || !s.finRecv {
+	if !s.slot || !s.finQueued || !s.finRecv || s.err != nil {
 		return
 	}
-	s.slot = false
+	s.slot, s.lingering = false, true
 	sess := s.sess
 	sess.mu.Lock()
 	sess.numIncoming--
+	sess.lingering++
 	sess.mu.Unlock()
 }
 

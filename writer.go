@@ -318,24 +318,26 @@ func (w *writer) resetUnclosed() bool {
 		return true
 	}
 	s.mu.Lock()
-	ids := make([]uint32, 0, len(s.streams))
-	for id, st := range s.streams {
-		st.mu.Lock()
-		if st.err == nil && !st.finQueued {
-			ids = append(ids, id)
-		}
-		st.mu.Unlock()
+	streams := make([]*Stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		streams = append(streams, st)
 	}
 	s.mu.Unlock()
 	w.reset()
-	for _, id := range ids {
+	for _, st := range streams {
+		st.mu.Lock()
+		open := st.err == nil && !st.finQueued
+		st.mu.Unlock()
+		if !open {
+			continue
+		}
 		if !w.room(1) {
 			if w.write() != nil {
 				return false
 			}
 			w.reset()
 		}
-		w.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagRST, Stream: id, Value: uint32(wire.CodeNone)})
+		w.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagRST, Stream: st.id, Value: uint32(wire.CodeNone)})
 	}
 	return w.frames == 0 || w.write() == nil
 }
