@@ -34,17 +34,61 @@
 //     the peer may send, so one stream nobody reads can stall the whole
 //     session once it holds MaxSessionBuffer. That is the protocol's limit.
 //   - smux (v1 and v2) has no reset, no refusal, no ping reply and no
-//     GoAway: Reset sends FIN and drops further data, a stream past the
-//     limits is accepted and closed at once (and counted as refused), Ping
-//     returns errors.ErrUnsupported, GoAway refuses new streams locally and
-//     returns an error wrapping errors.ErrUnsupported. Liveness comes from
-//     inbound traffic, and NOPs go out often enough that smux peers never
-//     time polymux out.
+//     GoAway: Reset sends FIN and drops further data, Ping returns
+//     errors.ErrUnsupported, GoAway refuses new streams locally and returns
+//     an error wrapping errors.ErrUnsupported. Liveness comes from inbound
+//     traffic, and NOPs go out often enough that smux peers never time
+//     polymux out.
+//   - smux cannot refuse an open, so a full accept queue is never a reason
+//     to drop one: while Config.AcceptBacklog peer-opened streams wait for
+//     Accept, the session stops reading until the application accepts
+//     one, as xtaci/smux does (keepalive and WriteTimeout do not count
+//     that pause against the peer). An application that stops accepting
+//     while its peer keeps opening therefore stalls its own smux session,
+//     and so can a loop that accepts a stream and serves it to the end
+//     before accepting the next: serve each stream in its own goroutine.
+//     MaxIncomingStreams never pauses the session, since the FINs that
+//     would free a place sit behind the waiting open: an open past it, or
+//     after GoAway, Shutdown or the listener view's Close, is answered at
+//     once with FIN, its data discarded, and counted in
+//     Stats.StreamsRefused. The opener cannot tell that from a stream
+//     that was served and closed: that is the protocol's limit.
 //   - muxado has no ping and no keepalive frame: Ping returns
 //     errors.ErrUnsupported, and a silent peer cannot be told from an idle
 //     one, so keepalive does not close muxado sessions.
 //   - yamux peers from libp2p (go-yamux) close their whole session when
 //     they receive GoAway, even with code 0.
+//
+// # Ending streams and sessions
+//
+// A byte a Write reported is delivered, or the writer learns otherwise:
+//
+//   - Stream.Close and CloseWrite never block; what was written goes out
+//     before the FIN, as long as the session lives.
+//   - Session.Close wakes every blocked call at once, then delivers, within
+//     Config.CloseLinger (5 s), every byte any Write reported and the FINs
+//     of the streams the application closed, then resets the streams it
+//     never closed, then sends GoAway, and keeps the connection open,
+//     still reading, until the peer has it all or the linger ends. Bytes
+//     the peer has not received by then are lost: a peer that does not
+//     read cannot hold Close longer.
+//   - Session.Shutdown, like http.Server.Shutdown, first stops accepting
+//     (the streams waiting for Accept and every later open are refused in
+//     a way the opener sees: yamux RST, muxado GOAWAY then RST, smux FIN),
+//     lets the open streams finish until its context is done, then closes
+//     as Close does.
+//   - Stream.Reset drops what the stream had not yet sent, and what it
+//     received and was not read, on both sides.
+//
+// A Session is a net.Listener whose Close ends everything. For a server's
+// graceful shutdown, serve the listener view instead, whose Close only
+// stops accepting:
+//
+//	hs := &http.Server{Handler: h}
+//	go hs.Serve(sess.Listener())
+//	...
+//	hs.Shutdown(ctx)   // requests in flight finish
+//	sess.Shutdown(ctx) // then the session ends, delivering what was written
 //
 // A server in Auto mode learns the protocol from the client's first frame,
 // so a client that never opens a stream is closed after

@@ -292,8 +292,8 @@ func (s *Stream) writeErr() error {
 	return nil
 }
 
-// CloseWrite half-closes the stream: everything written is delivered, then
-// the peer reads io.EOF. Reading goes on. It never blocks.
+// CloseWrite half-closes the stream: everything written is delivered (see
+// Close), then the peer reads io.EOF. Reading goes on. It never blocks.
 func (s *Stream) CloseWrite() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -340,12 +340,14 @@ func (s *Stream) shutRead() int {
 	return n
 }
 
-// Close closes both directions and never blocks on the peer: data already
-// written is still delivered, followed by FIN. Data that was received and
-// not read, or that arrives later, makes the stream reset (as TCP does), so
-// a peer still writing learns that nobody reads. If the peer never closes
-// its side, the stream is reset after Config.StreamCloseTimeout. Blocked
-// Read and Write calls return ErrStreamClosed.
+// Close closes both directions and never blocks on the peer: every byte
+// a Write reported is still delivered, followed by FIN, while the session
+// lives, and by Session.Close within Config.CloseLinger. Data that was
+// received and not read, or that arrives later, makes the stream reset
+// instead (as TCP does), so a peer still writing learns that nobody reads;
+// what was not yet sent is then dropped. If the peer never closes its
+// side, the stream is reset after Config.StreamCloseTimeout. Blocked Read
+// and Write calls return ErrStreamClosed.
 func (s *Stream) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -378,10 +380,11 @@ func (s *Stream) Close() error {
 	return nil
 }
 
-// Reset aborts both directions at once: unsent and unread data are
-// dropped, and the peer's Read and Write fail with ErrStreamReset. On
-// protocols without a reset frame (smux), it sends FIN and drops further
-// data instead.
+// Reset aborts both directions at once: the bytes Writes reported that
+// have not yet been sent are dropped, as is what was received and not
+// read (the peer drops its own), and the peer's Read and Write fail with
+// ErrStreamReset. On protocols without a reset frame (smux), it sends FIN
+// and drops further data instead.
 func (s *Stream) Reset() error {
 	s.mu.Lock()
 	if s.err != nil {
