@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/polymux/polymux/internal/wire"
@@ -149,10 +150,8 @@ func (l *Listener) acceptLoop() {
 		}
 		conn, err := l.inner.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && !l.closed() {
-				// A passing failure (such as running out of file
-				// descriptors): back off as net/http does.
+			if passingAcceptErr(err) && !l.closed() {
+				// Back off as net/http does.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				l.log.Warn("polymux: accept failed; retrying", "err", err, "in", backoff)
 				select {
@@ -471,6 +470,14 @@ func (l *Listener) takeReady() *Session {
 	default:
 		return nil
 	}
+}
+
+// passingAcceptErr reports whether an Accept error may pass: a timeout, or
+// running out of file descriptors, which the next Close anywhere in the
+// process can end. The accept loop then retries instead of ending.
+func passingAcceptErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 
 // Addr returns the inner listener's address.

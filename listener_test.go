@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -514,4 +515,51 @@ func clientTLS(cert tls.Certificate) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(cert.Leaf)
 	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+}
+
+// exhaustedListener fails its first Accepts as a process out of file
+// descriptors does, then accepts as inner does.
+type exhaustedListener struct {
+	net.Listener
+	failures atomic.Int32
+}
+
+func (l *exhaustedListener) Accept() (net.Conn, error) {
+	if l.failures.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+func TestListenerKeepsAcceptingAfterRunningOutOfFileDescriptors(t *testing.T) {
+	checkLeaks(t)
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := &exhaustedListener{Listener: inner}
+	ex.failures.Store(3)
+	ln := NewListener(ex, &Config{Protocol: Yamux})
+	defer ln.Close()
+	cli, err := Dial("tcp", inner.Addr().String(), &Config{Protocol: Yamux})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	accepted := make(chan error, 1)
+	go func() {
+		s, err := ln.Accept()
+		if err == nil {
+			s.Close()
+		}
+		accepted <- err
+	}()
+	select {
+	case err := <-accepted:
+		if err != nil {
+			t.Fatalf("Accept after EMFILE: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Listener stopped accepting after EMFILE")
+	}
 }
