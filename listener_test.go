@@ -563,3 +563,19 @@ func TestListenerKeepsAcceptingAfterRunningOutOfFileDescriptors(t *testing.T) {
 		t.Fatal("the Listener stopped accepting after EMFILE")
 	}
 }
+
+func TestCloseReturnsWhileATLSHandshakeHangs(t *testing.T) {
+	// A server session on a TLS connection whose client never says
+	// hello: its read loop sits in the handshake, and a write waits for
+	// it, which no write deadline can cut short. Close still returns
+	// within its linger.
+	checkLeaks(t)
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	tc := tls.Server(c2, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}})
+	s, err := Server(tc, &Config{Protocol: Yamux, CloseLinger: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	within(t, 5*time.Second, "Close", func() { s.Close() })
+}

@@ -84,6 +84,7 @@ type Session struct {
 	graceful   bool                  // deliver what was written before closing the connection
 	goAwayCode wire.Code             // the GoAway the end sends
 	lingerEnd  time.Time             // when the end stops waiting for the peer
+	watchdog   *time.Timer           // closes the connection should the end outlast lingerEnd
 	err        atomic.Pointer[error] // why the session ended
 	readDone   chan struct{}         // closed when the read loop has stopped reading
 	writerDone chan struct{}
@@ -749,8 +750,11 @@ func (s *Session) end(err error, code wire.Code, graceful bool) {
 			s.lingerEnd = now.Add(goAwayWait)
 		}
 		close(s.closing)
-		// Bound a write already stuck on a peer that does not read.
+		// Bound a write already stuck on a peer that does not read, and
+		// whatever deadlines cannot bound, such as a write waiting for a
+		// TLS handshake the read loop is stuck in.
 		s.w.limitDeadline(s.lingerEnd)
+		s.watchdog = time.AfterFunc(time.Until(s.lingerEnd)+goAwayWait, func() { s.conn.Close() })
 		if code == wire.CodeNone {
 			s.log.Debug("polymux: session closing", "protocol", s.Protocol(), "reason", err)
 		} else {
@@ -824,6 +828,7 @@ func (s *Session) finish() {
 	close(s.readDone)
 	s.shutdown(ErrSessionClosed, wire.CodeNone)
 	<-s.writerDone
+	s.watchdog.Stop()
 	s.conn.Close()
 	err := s.closedErr()
 	s.mu.Lock()
