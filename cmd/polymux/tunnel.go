@@ -262,7 +262,10 @@ func serverIdentity(log *slog.Logger, stateDir, certFile, keyFile string) (*tls.
 // repeated is a flag that may be given many times.
 type repeated []string
 
-func (r *repeated) String() string     { return strings.Join(*r, " ") }
+// String lists the values given, for flag's defaults.
+func (r *repeated) String() string { return strings.Join(*r, " ") }
+
+// Set adds one more value.
 func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
 
 // tunnelClient is "polymux tunnel client".

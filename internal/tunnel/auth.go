@@ -41,6 +41,7 @@ var ErrAuthFailed = errors.New("authentication failed")
 // the attempt because of earlier failures from this address.
 type ThrottledError struct{ RetryAfter time.Duration }
 
+// Error says how long to wait.
 func (e *ThrottledError) Error() string {
 	return fmt.Sprintf("the server is slowing down failed attempts from this address: retry after %v", e.RetryAfter)
 }

@@ -155,7 +155,10 @@ func (c *Client) Addrs() []net.Addr {
 // trusted on the first connection.
 type FatalError struct{ Err error }
 
+// Error is the cause's message.
 func (e *FatalError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the cause, for errors.Is and errors.As.
 func (e *FatalError) Unwrap() error { return e.Err }
 
 // Run keeps a session to the server until ctx is done, redialling with

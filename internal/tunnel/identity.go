@@ -239,6 +239,7 @@ type Trust struct {
 // client has no way to trust: neither a fingerprint nor a CA was given.
 type UnknownServerError struct{ Fingerprint string }
 
+// Error names the fingerprint seen and the flag that trusts it.
 func (e *UnknownServerError) Error() string {
 	return fmt.Sprintf("the server's key is not trusted: its fingerprint is %s; if that is your server, pass -fingerprint %s (or -ca-file with the CA that signed its certificate)", e.Fingerprint, e.Fingerprint)
 }
@@ -250,6 +251,7 @@ type MismatchError struct {
 	Err       error  // the CA check's error, if that failed
 }
 
+// Error names the key seen and what it was checked against.
 func (e *MismatchError) Error() string {
 	if e.Err != nil {
 		return fmt.Sprintf("the server's certificate (key %s) does not verify against -ca-file: %v", e.Got, e.Err)

@@ -487,6 +487,7 @@ func readReply(st *polymux.Stream, d time.Duration, log *slog.Logger, msg string
 // replyError is a failure reply from the other side.
 type replyError struct{ code, msg string }
 
+// Error is the code and the other side's message.
 func (e *replyError) Error() string { return e.code + ": " + e.msg }
 
 // serveStream serves one data stream: a connect request for a -L or -D
