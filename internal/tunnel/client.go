@@ -385,13 +385,13 @@ func (c *Client) acceptLocal(l localListener) {
 func (c *Client) forwardLocal(s *session, conn *net.TCPConn, target string) {
 	st, err := c.openConnect(s, target)
 	if err != nil {
-		s.log.Info("forward failed", "target", target, "err", err)
+		s.log.Info("forward failed", "target", target, "err", streamFailure(err))
 		abort(conn)
 		return
 	}
-	relay(conn, st, func() error {
+	logEnd(s.log, target, relay(conn, st, func() error {
 		return readReply(st, c.to.Dial, s.log, "forward refused by the server", "target", target)
-	})
+	}))
 }
 
 // openConnect opens a stream asking the server to dial target.
@@ -424,7 +424,7 @@ func (c *Client) forwardSocks(s *session, conn *net.TCPConn) {
 	}
 	st, err := c.openConnect(s, target)
 	if err != nil {
-		s.log.Info("socks connect failed", "target", target, "err", err)
+		s.log.Info("socks connect failed", "target", target, "err", streamFailure(err))
 		socksReply(conn, socksFailure, netip.AddrPort{})
 		conn.Close()
 		return
@@ -456,7 +456,7 @@ func (c *Client) forwardSocks(s *session, conn *net.TCPConn) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	relay(conn, st, nil)
+	logEnd(s.log, target, relay(conn, st, nil))
 }
 
 // serveReverse dials the target of the reverse forward a stream names,
@@ -493,5 +493,5 @@ func (c *Client) serveReverse(s *session, st *polymux.Stream) {
 		st.Reset()
 		return
 	}
-	relay(tc, st, nil)
+	logEnd(s.log, target, relay(tc, st, nil))
 }

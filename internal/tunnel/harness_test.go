@@ -81,8 +81,14 @@ func countLines(s string, parts []string) int {
 	return n
 }
 
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+// logger logs into l: at debug level in tests, at the command's default
+// (info) in benchmarks, whose per-connection debug lines would be measured.
+func (l *logBuffer) logger(t testing.TB) *slog.Logger {
+	level := slog.LevelDebug
+	if _, bench := t.(*testing.B); bench {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: level}))
 }
 
 // newServer starts a server with cfg's zero fields filled in.
@@ -102,7 +108,7 @@ func newServer(t testing.TB, cfg ServerConfig) (*Server, string, string, *logBuf
 		cfg.Timeouts = fastTimeouts
 	}
 	lb := newLogBuffer()
-	cfg.Logger = lb.logger().With("side", "server")
+	cfg.Logger = lb.logger(t).With("side", "server")
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("server log:\n%s", lb.String())
@@ -176,7 +182,7 @@ func startClient(t testing.TB, addr, fp string, cfg ClientConfig) (*Client, *log
 		cfg.DrainTimeout = 2 * time.Second
 	}
 	lb := newLogBuffer()
-	cfg.Logger = lb.logger().With("side", "client")
+	cfg.Logger = lb.logger(t).With("side", "client")
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("client log:\n%s", lb.String())

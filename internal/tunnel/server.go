@@ -455,6 +455,7 @@ func (ss *serverSession) forwardReverse(id int, conn *net.TCPConn) {
 	defer cancel()
 	st, err := ss.mux.OpenStream(ctx)
 	if err != nil {
+		ss.log.Info("reverse connection failed", "id", id, "err", streamFailure(err))
 		abort(conn)
 		return
 	}
@@ -463,9 +464,9 @@ func (ss *serverSession) forwardReverse(id int, conn *net.TCPConn) {
 		abort(st)
 		return
 	}
-	relay(conn, st, func() error {
+	logEnd(ss.log, conn.LocalAddr().String(), relay(conn, st, func() error {
 		return readReply(st, ss.srv.to.Dial, ss.log, "reverse connection refused by the client", "id", id)
-	})
+	}))
 }
 
 // readReply reads the reply that opens a data stream's way back, bounded
@@ -519,7 +520,7 @@ func (ss *serverSession) serveStream(st *polymux.Stream) {
 		return
 	}
 	ss.log.Debug("forward", "target", m.Target, "via", bound)
-	relay(conn, st, nil)
+	logEnd(ss.log, m.Target, relay(conn, st, nil))
 }
 
 // refuse answers a data stream with a failure and closes it. What the
