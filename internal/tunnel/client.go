@@ -470,7 +470,7 @@ func (c *Client) serveReverse(s *session, st *polymux.Stream) {
 		return
 	}
 	if m.ID < 1 || m.ID > len(c.cfg.Remote) {
-		refuse(st, codeFailed, fmt.Errorf("no reverse forward %d", m.ID))
+		refuse(st, codeFailed, fmt.Errorf("no reverse forward %d", m.ID), c.to.Dial)
 		return
 	}
 	target := c.cfg.Remote[m.ID-1].Target
@@ -479,13 +479,13 @@ func (c *Client) serveReverse(s *session, st *polymux.Stream) {
 	cancel()
 	if err != nil {
 		s.log.Info("reverse forward: dial failed", "target", target, "err", err)
-		refuse(st, dialCode(err), err)
+		refuse(st, dialCode(err), err, c.to.Dial)
 		return
 	}
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
 		conn.Close()
-		refuse(st, codeFailed, errors.New("the dialer returned a connection that is not TCP"))
+		refuse(st, codeFailed, errors.New("the dialer returned a connection that is not TCP"), c.to.Dial)
 		return
 	}
 	if err := writeMessage(st, &message{Type: msgReply, OK: true, Bound: tc.LocalAddr().String()}); err != nil {

@@ -58,7 +58,7 @@ func TestServerDrainLetsRunningConnectionsFinish(t *testing.T) {
 	cli, cliLog, _ := startClient(t, addr, fp, ClientConfig{Local: []Forward{{Bind: "127.0.0.1:0", Target: target}}})
 	cliLog.wait(t, 1, "session up")
 	reply := request(t, cli.Addrs()[0].String())
-	<-accepted
+	within(t, accepted, "connection at the target")
 	drained := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -90,7 +90,7 @@ func TestClientDrainLetsRunningConnectionsFinish(t *testing.T) {
 	cli, cliLog, run := startClient(t, addr, fp, ClientConfig{Local: []Forward{{Bind: "127.0.0.1:0", Target: target}}, DrainTimeout: 10 * time.Second})
 	cliLog.wait(t, 1, "session up")
 	reply := request(t, cli.Addrs()[0].String())
-	<-accepted
+	within(t, accepted, "connection at the target")
 	stopped := make(chan error, 1)
 	go func() { stopped <- run.stop() }()
 	// The listener is closed before the drain begins: new connections
@@ -131,7 +131,7 @@ func TestDrainTimeoutEndsStuckConnections(t *testing.T) {
 	cli, cliLog, _ := startClient(t, addr, fp, ClientConfig{Local: []Forward{{Bind: "127.0.0.1:0", Target: target}}})
 	cliLog.wait(t, 1, "session up")
 	reply := request(t, cli.Addrs()[0].String())
-	<-accepted
+	within(t, accepted, "connection at the target")
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if err := srv.Drain(ctx); !errors.Is(err, context.DeadlineExceeded) {

@@ -59,6 +59,7 @@ func start(t *testing.T, name, bin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, changed: make(chan struct{}), exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, append(args, "-log-format", "json")...)
+	dieWithTest(p.cmd)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -491,7 +492,7 @@ func (e *e2e) testSIGTERM(t *testing.T) {
 	c1.waitLog("session up")
 	bind := localBind(c1, targetA)
 	reply := request(t, bind)
-	<-acceptedA
+	within(t, acceptedA, "connection at the target")
 	c1.signal(syscall.SIGTERM)
 	c1.waitLog("draining", "running", "1")
 	if c, err := net.Dial("tcp", bind); err == nil {
@@ -512,7 +513,7 @@ func (e *e2e) testSIGTERM(t *testing.T) {
 	c2.waitLog("session up")
 	bind = localBind(c2, targetB)
 	reply = request(t, bind)
-	<-acceptedB
+	within(t, acceptedB, "connection at the target")
 	srv.signal(syscall.SIGTERM)
 	srv.waitLog("draining", "running", "1")
 	c2.waitLog("server is shutting down; running connections may finish")

@@ -292,6 +292,10 @@ func testCert(t testing.TB) tls.Certificate {
 func loopbackPair(t testing.TB) (net.Conn, net.Conn) {
 	c, s := loopback.MustTCPPair(t)
 	t.Cleanup(func() { c.Close(); s.Close() })
+	// Every read and write on the pair is bounded: a broken exchange fails
+	// the test instead of hanging it.
+	c.SetDeadline(time.Now().Add(e2eWait))
+	s.SetDeadline(time.Now().Add(e2eWait))
 	return c, s
 }
 
@@ -318,10 +322,11 @@ func (l *logBuffer) value(t testing.TB, key string, parts ...string) string {
 // connections stay open, as on a dead path or with a hung peer).
 type proxy struct {
 	ln      net.Listener
-	mu      sync.Mutex // guards target, links and holeNew
+	mu      sync.Mutex // guards target, links, holeNew and closed
 	target  string
 	links   []*link
 	holeNew bool // new connections start blocked
+	closed  bool // the test is over: connections still arriving are closed
 }
 
 // link is one connection through the proxy, both sides.
@@ -368,7 +373,13 @@ func newProxy(t *testing.T, target string) *proxy {
 		t.Fatal(err)
 	}
 	p := &proxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); p.cut() })
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		p.cut()
+	})
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -385,6 +396,12 @@ func newProxy(t *testing.T, target string) *proxy {
 			}
 			l := &link{a: c, b: up, gate: make(chan struct{})}
 			p.mu.Lock()
+			if p.closed {
+				p.mu.Unlock()
+				c.Close()
+				up.Close()
+				continue
+			}
 			if !p.holeNew {
 				close(l.gate)
 			}
@@ -515,4 +532,18 @@ func socksDial(proxyAddr, target string) (net.Conn, byte, error) {
 // pinnedTLS wraps c in TLS trusting key fp.
 func pinnedTLS(c net.Conn, fp string) *tls.Conn {
 	return tls.Client(c, (&Trust{Fingerprint: fp}).TLSConfig())
+}
+
+// within receives from ch, failing the test if nothing comes within
+// e2eWait: what names the event awaited.
+func within[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(e2eWait):
+		t.Fatalf("no %s within %v", what, e2eWait)
+		var zero T
+		return zero
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -510,7 +511,7 @@ func (ss *serverSession) serveStream(st *polymux.Stream) {
 		} else {
 			ss.log.Info("forward failed", "target", m.Target, "code", code, "err", err)
 		}
-		refuse(st, code, err)
+		refuse(st, code, err, s.to.Dial)
 		return
 	}
 	bound := conn.LocalAddr().String()
@@ -523,13 +524,16 @@ func (ss *serverSession) serveStream(st *polymux.Stream) {
 	logEnd(ss.log, m.Target, relay(conn, st, nil))
 }
 
-// refuse answers a data stream with a failure and closes it. What the
-// other side already sent is dropped unread (it never reaches anything);
-// CloseRead first, so that the Close after the reply is a FIN, not a
-// reset that could overtake the reply.
-func refuse(st *polymux.Stream, code string, err error) {
+// refuse answers a data stream with a failure and closes it, waiting at
+// most d for the other side to hang up first. What the other side already
+// sent, or sends before it reads the answer, is discarded: it reaches
+// nothing. Closing while such bytes still arrive would make polymux reset
+// the stream, and a reset could overtake the answer.
+func refuse(st *polymux.Stream, code string, err error, d time.Duration) {
 	writeMessage(st, &message{Type: msgReply, Code: code, Error: err.Error()})
-	st.CloseRead()
+	st.CloseWrite()
+	st.SetReadDeadline(time.Now().Add(d))
+	io.Copy(io.Discard, onlyReader{st})
 	st.Close()
 }
 
