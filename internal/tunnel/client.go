@@ -297,7 +297,7 @@ func (c *Client) serve(ctx context.Context, s *session) (stopped bool) {
 	ctlDone := make(chan error, 1)
 	go func() {
 		err := s.ctl.run(func(m *message) { c.handle(s, m) })
-		s.mux.Close()
+		s.afterControl()
 		ctlDone <- err
 	}()
 	var err error

@@ -243,17 +243,11 @@ func (s *Server) authenticate(conn net.Conn, remote string) (*serverSession, err
 }
 
 // closeAfterReply closes a session whose control stream carries a last
-// message (a denial): it half-closes and waits, at most a second, for the
-// client to read it and hang up, so the client learns why.
+// message (a denial). Session.Close delivers what was written on streams
+// already closed for writing; a stream left open would be reset instead,
+// and its reset would make the client drop the denial unread.
 func closeAfterReply(ctl *polymux.Stream, mux *polymux.Session) {
 	ctl.CloseWrite()
-	ctl.SetReadDeadline(time.Now().Add(time.Second))
-	var b [1]byte
-	for {
-		if _, err := ctl.Read(b[:]); err != nil {
-			break
-		}
-	}
 	mux.Close()
 }
 
@@ -293,7 +287,7 @@ func (s *Server) run(ss *serverSession) {
 	}
 	go ss.serveStreams(ss.serveStream)
 	err := ss.ctl.run(ss.handle)
-	ss.mux.Close()
+	ss.afterControl()
 	<-ss.mux.Done()
 	s.forget(ss)
 	st := ss.mux.Stats()

@@ -19,6 +19,7 @@ type session struct {
 	relays tracker // forwarded connections running on this session
 
 	byeOnce     sync.Once
+	byeSent     chan struct{} // closed when this side said bye: its drain ends the session
 	peerByeOnce sync.Once
 	peerBye     chan struct{} // closed when the peer said bye
 	peerDrained chan struct{} // closed when the peer said drained
@@ -31,6 +32,7 @@ func newSession(mux *polymux.Session, ctl *polymux.Stream, to Timeouts, log *slo
 		mux:         mux,
 		ctl:         &control{st: ctl, to: to},
 		log:         log,
+		byeSent:     make(chan struct{}),
 		peerBye:     make(chan struct{}),
 		peerDrained: make(chan struct{}),
 	}
@@ -67,33 +69,57 @@ func (s *session) handleCommon(m *message) bool {
 // forwarded connections on this session.
 func (s *session) sayBye() {
 	s.byeOnce.Do(func() {
+		close(s.byeSent)
 		s.relays.stop()
 		s.ctl.send(&message{Type: msgBye})
 	})
 }
 
-// drain ends the session gracefully: no new forwarded connection starts,
-// the running ones get until ctx is done to finish, then the session is
-// closed. It returns ctx.Err() if ctx ended first. A session is quiet once
-// this side's connections have finished and the peer has said drained
-// (so it has read everything this side sent), or has gone.
+// drain ends the session gracefully with polymux's Shutdown: no new
+// forwarded connection starts on either side, the running ones get until
+// ctx is done to finish, and what was written is delivered before the
+// session closes. It returns ctx.Err() if ctx ended first.
+//
+// Shutdown waits for every stream, the control stream too, so this side
+// closes its control stream last: once its own connections have finished
+// and the peer has said drained (it has read everything this side sent,
+// and stopped opening anything). The heartbeats go on until then.
 func (s *session) drain(ctx context.Context) error {
 	s.sayBye()
-	var err error
-	select {
-	case <-s.relays.stop():
-		select {
-		case <-s.peerDrained:
-		case <-s.mux.Done():
-		case <-ctx.Done():
-			err = ctx.Err()
+	go func() {
+		for _, quiet := range []<-chan struct{}{s.relays.stop(), s.peerDrained} {
+			select {
+			case <-quiet:
+			case <-s.mux.Done():
+				return
+			}
 		}
-	case <-s.mux.Done():
-	case <-ctx.Done():
-		err = ctx.Err()
+		s.ctl.st.Close()
+	}()
+	return s.mux.Shutdown(ctx)
+}
+
+// afterControl ends the session once its control stream has ended: at
+// once, unless a drain is under way. When this side drains, its Shutdown
+// ends the session. When the peer drains, the control stream's end is its
+// last step: this side closes its own end so that the peer's Shutdown can
+// finish, and waits for that, at most HeartbeatTimeout.
+func (s *session) afterControl() {
+	select {
+	case <-s.byeSent:
+		<-s.mux.Done()
+		return
+	case <-s.peerBye:
+		s.ctl.st.Close()
+		t := time.NewTimer(s.ctl.to.HeartbeatTimeout)
+		defer t.Stop()
+		select {
+		case <-s.mux.Done():
+		case <-t.C:
+		}
+	default:
 	}
 	s.mux.Close()
-	return err
 }
 
 // serveStreams accepts the streams the peer opens and serves each on its
