@@ -125,8 +125,31 @@ type Config struct {
 	// the Listener from accepting. Default 1024.
 	MaxDetecting int
 
+	// MemoryManager, if set, is called once for every stream, opened by
+	// either side, for the stream's own MemoryManager, in go-yamux's shape
+	// (a go-libp2p resource scope's BeginSpan fits). The stream's initial
+	// window is reserved at once, at priority 255: if that is denied, a
+	// local OpenStream fails and a peer's open is refused. Window growth is
+	// reserved at priority 128, and a denial leaves the window as it is.
+	// Everything is released, and Done called, when the stream ends.
+	// MaxSessionBuffer applies as well. Default nil: MaxSessionBuffer alone.
+	MemoryManager func() (MemoryManager, error)
+
 	// Logger receives session events; nil discards them.
 	Logger *slog.Logger
+}
+
+// MemoryManager accounts one stream's memory against an outside budget,
+// in go-yamux's shape. Its methods are called from the session's
+// goroutines and from stream calls, one at a time per stream.
+type MemoryManager interface {
+	// ReserveMemory takes size bytes at priority prio (255 for a stream's
+	// initial window, 128 for window growth) or says why not.
+	ReserveMemory(size int, prio uint8) error
+	// ReleaseMemory gives back size bytes taken by ReserveMemory.
+	ReleaseMemory(size int)
+	// Done ends the stream's accounting; nothing is reserved after it.
+	Done()
 }
 
 // The defaults of DefaultConfig.

@@ -2,6 +2,7 @@ package polymux
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 )
@@ -42,8 +43,9 @@ var (
 	// ErrStreamReset: the peer (or this side) reset the stream.
 	ErrStreamReset = &Error{msg: "polymux: stream reset"}
 	// ErrStreamRefused: the peer refused a stream this side opened
-	// (backlog full, stream limit reached, or going away).
-	ErrStreamRefused = &Error{msg: "polymux: stream refused by peer"}
+	// (backlog full, stream limit reached, or going away). It also
+	// matches ErrStreamReset, so code that knows only resets sees one.
+	ErrStreamRefused = &Error{msg: "polymux: stream refused by peer", also: ErrStreamReset}
 	// ErrGoAway: the peer sent GoAway, so no new streams may be opened.
 	ErrGoAway = &Error{msg: "polymux: peer is going away"}
 	// ErrTimeout: a deadline passed. Also matches os.ErrDeadlineExceeded,
@@ -69,3 +71,57 @@ var (
 	errAcceptClosed = &Error{msg: "polymux: session no longer accepts streams", also: net.ErrClosed}
 	errShuttingDown = &Error{msg: "polymux: session is shutting down", also: ErrSessionClosed}
 )
+
+// StreamError is the error Read and Write return once the stream was
+// reset, by this side (Reset, ResetWithError) or by the peer, with the
+// error code the reset carried: an application's code on yamux (0 for
+// resets polymux makes on its own, as go-yamux does), one of muxado's
+// codes or an application's on muxado. smux resets carry no code, and
+// report ErrStreamReset alone. It matches ErrStreamReset with errors.Is.
+type StreamError struct {
+	Code   uint32
+	Remote bool // the peer reset the stream
+}
+
+func (e *StreamError) Error() string {
+	if e.Remote {
+		return fmt.Sprintf("polymux: stream reset by peer (error code %d)", e.Code)
+	}
+	return fmt.Sprintf("polymux: stream reset (error code %d)", e.Code)
+}
+
+// Is makes StreamError match ErrStreamReset.
+func (e *StreamError) Is(target error) bool { return target == ErrStreamReset }
+
+// SessionError is why a session ended when an error code came with it:
+// the code of the peer's GoAway (Remote), or the one this side closed with
+// (CloseWithError). It matches ErrSessionClosed (and so net.ErrClosed),
+// and, when the peer sent it, ErrGoAway: a code arrives only in a GoAway.
+type SessionError struct {
+	Code   uint32
+	Remote bool // the peer sent the code
+}
+
+func (e *SessionError) Error() string {
+	if e.Remote {
+		return fmt.Sprintf("polymux: session closed: peer went away (error code %d)", e.Code)
+	}
+	return fmt.Sprintf("polymux: session closed (error code %d)", e.Code)
+}
+
+// Is makes SessionError match ErrSessionClosed and net.ErrClosed, and, when
+// the peer sent it, ErrGoAway.
+func (e *SessionError) Is(target error) bool {
+	return target == ErrSessionClosed || target == net.ErrClosed || (e.Remote && target == ErrGoAway)
+}
+
+// refusedError is the error of a stream the peer refused: it matches
+// ErrStreamRefused (and so ErrStreamReset), and errors.As finds the code
+// of the refusal as a *StreamError.
+type refusedError struct{ reset *StreamError }
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("%s (error code %d)", ErrStreamRefused.msg, e.reset.Code)
+}
+
+func (e *refusedError) Unwrap() []error { return []error{ErrStreamRefused, e.reset} }

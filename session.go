@@ -258,6 +258,19 @@ func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
 	if err := s.waitDetected(ctx); err != nil {
 		return nil, err
 	}
+	mm, err := s.reserveStream()
+	if err != nil {
+		return nil, fmt.Errorf("polymux: the memory manager refused a new stream: %w", err)
+	}
+	st, err := s.open(ctx, mm)
+	if err != nil {
+		s.releaseStream(mm)
+	}
+	return st, err
+}
+
+// open opens a stream whose memory mm accounts (nil without a manager).
+func (s *Session) open(ctx context.Context, mm MemoryManager) (*Stream, error) {
 	for {
 		s.mu.Lock()
 		if err := s.openErr(); err != nil {
@@ -282,6 +295,7 @@ func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
 		s.nextID += 2
 	}
 	st := newStream(s, id, true)
+	st.mm, st.mmHeld = mm, s.mmInitial(mm)
 	s.streams[id] = st
 	if s.caps.AckOpens {
 		s.unacked++
@@ -406,6 +420,7 @@ func (s *Session) forget(st *Stream) {
 	st.acked = true
 	slot, lingering := st.slot, st.lingering
 	st.slot, st.lingering = false, false
+	st.releaseMemory()
 	pendingFIN := st.finQueued && !st.finSent && (st.err == nil || !s.caps.Reset)
 	if !st.needRST && !pendingFIN {
 		st.needSYN, st.needACK, st.needUpdate = false, false, false
@@ -725,6 +740,23 @@ func (s *Session) Close() error {
 	return nil
 }
 
+// CloseWithError is Close with an error code for the peer: what was
+// written is delivered as Close delivers it, then the final GoAway
+// carries code (where go-yamux v5 puts it on yamux; muxado's GOAWAY
+// code), and the peer's calls fail with a *SessionError holding it
+// (Remote). The streams left open are not reset first: the code tells
+// the peer why they end. This side's calls fail with a *SessionError too.
+// smux has no codes: there it closes as Close does and returns nil.
+func (s *Session) CloseWithError(code uint32) error {
+	var err error = ErrSessionClosed
+	if s.isDetected() && s.caps.GoAway {
+		err = &SessionError{Code: code}
+	}
+	s.end(err, wire.Code(code), true)
+	<-s.done
+	return nil
+}
+
 // shutdown ends the session abruptly with err: nothing more is delivered
 // but GoAway(code), briefly, where the protocol has it. It does not wait.
 func (s *Session) shutdown(err error, code wire.Code) { s.end(err, code, false) }
@@ -893,8 +925,10 @@ func (s *Session) handleGoAway(f wire.Frame) error {
 		s.forget(st)
 	}
 	if f.Value != uint32(wire.CodeNone) {
-		err := fmt.Errorf("%w (error code %d)", ErrGoAway, f.Value)
+		// A code means the peer is ending the session.
+		err := error(&SessionError{Code: f.Value, Remote: true})
 		if f.Value == uint32(wire.CodeProtocol) {
+			// Both yamux's and muxado's GoAway define code 1.
 			err = fmt.Errorf("%w: peer reported a protocol error: %w", ErrProtocol, err)
 		}
 		s.shutdown(err, wire.CodeNone)
@@ -934,11 +968,7 @@ func (s *Session) handleStream(f wire.Frame) error {
 		notify(s.unackedCh)
 	}
 	if f.Flags&wire.FlagRST != 0 {
-		err := error(ErrStreamReset)
-		if (st.local && !st.acked) || wire.Code(f.Value) == wire.CodeRefused || wire.Code(f.Value) == wire.CodeAcceptFull {
-			err = ErrStreamRefused
-		}
-		st.fail(err)
+		st.fail(s.peerResetErr(st, f.Value))
 		st.removed = true
 		st.mu.Unlock()
 		s.forget(st)
@@ -995,6 +1025,31 @@ func (st *Stream) credit(f wire.Frame) error {
 	return nil
 }
 
+// resetCode is the code an RST the engine makes for reason carries: the
+// reason's own where the protocol defines codes (muxado), and 0 where the
+// codes belong to the application (yamux), as go-yamux's own resets do.
+func (s *Session) resetCode(reason wire.Code) uint32 {
+	if s.caps.ReasonCodes {
+		return uint32(reason)
+	}
+	return 0
+}
+
+// peerResetErr is the error of st once the peer reset it with code: a
+// refusal if st was never acknowledged (yamux) or the code says so
+// (muxado), a plain reset otherwise; either way errors.As finds the code.
+func (s *Session) peerResetErr(st *Stream, code uint32) error {
+	reset := &StreamError{Code: code, Remote: true}
+	refused := st.local && !st.acked
+	if s.caps.ReasonCodes {
+		refused = refused || st.local && (wire.Code(code) == wire.CodeRefused || wire.Code(code) == wire.CodeAcceptFull)
+	}
+	if refused {
+		return &refusedError{reset}
+	}
+	return reset
+}
+
 // skip discards the payload of a data frame nobody will read.
 func (s *Session) skip(f wire.Frame) error {
 	if f.Type != wire.TypeData || f.Length == 0 {
@@ -1008,7 +1063,7 @@ func (s *Session) skip(f wire.Frame) error {
 // is dropped, and on protocols that expect it the peer is told with RST.
 func (s *Session) unknownStream(f wire.Frame) error {
 	if f.Type == wire.TypeData && f.Length > 0 && s.caps.RejectUnknownData && f.Flags&wire.FlagRST == 0 {
-		s.w.queueRefusal(f.Stream, wire.CodeStreamClosed)
+		s.w.queueRefusal(f.Stream, s.resetCode(wire.CodeStreamClosed))
 	}
 	return s.skip(f)
 }
@@ -1023,9 +1078,15 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 	if id&1 != peerParity {
 		return nil, protocolErr("peer opened stream %d with this side's id parity", id)
 	}
+	mm, err := s.reserveStream()
+	if err != nil {
+		s.refuse(id, wire.CodeRefused, "the memory manager refused it: "+err.Error())
+		return nil, nil
+	}
 	s.mu.Lock()
 	if _, ok := s.streams[id]; ok {
 		s.mu.Unlock()
+		s.releaseStream(mm)
 		return nil, protocolErr("peer reopened live stream %d", id)
 	}
 	s.lastPeerID = max(s.lastPeerID, id)
@@ -1045,18 +1106,19 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 		}
 		s.mu.Unlock()
 		if !wait() {
+			s.releaseStream(mm)
 			return nil, nil // the session is ending: nothing is owed
 		}
 		s.mu.Lock()
 	}
 	if code := s.refusal(); code != wire.CodeNone {
 		s.mu.Unlock()
-		s.nRefused.Add(1)
-		s.w.queueRefusal(id, code)
-		s.log.Debug("polymux: refused stream", "stream", id, "code", code)
+		s.releaseStream(mm)
+		s.refuse(id, code, "past the limits")
 		return nil, nil
 	}
 	st := newStream(s, id, false)
+	st.mm, st.mmHeld = mm, s.mmInitial(mm)
 	st.backlogged = true
 	st.slot = true
 	s.streams[id] = st
@@ -1081,6 +1143,54 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 	s.nAccepted.Add(1)
 	notify(s.acceptCh)
 	return st, nil
+}
+
+// refuse answers a peer's open of id with a refusal it sees (RST, or FIN
+// without RST) and counts it.
+func (s *Session) refuse(id uint32, reason wire.Code, why string) {
+	s.nRefused.Add(1)
+	s.w.queueRefusal(id, s.resetCode(reason))
+	s.log.Debug("polymux: refused stream", "stream", id, "code", reason, "why", why)
+}
+
+// memory priorities of Config.MemoryManager, as go-yamux uses them.
+const (
+	openPriority   = 255 // a stream's initial window: its open fails without it
+	growthPriority = 128 // window growth: denied, the window stays as it is
+)
+
+// reserveStream returns a new stream's memory manager with the initial
+// window reserved from it, or nil without Config.MemoryManager.
+func (s *Session) reserveStream() (MemoryManager, error) {
+	if s.cfg.MemoryManager == nil {
+		return nil, nil
+	}
+	mm, err := s.cfg.MemoryManager()
+	if err != nil {
+		return nil, err
+	}
+	if err := mm.ReserveMemory(int(s.cfg.InitialStreamWindow), openPriority); err != nil {
+		mm.Done()
+		return nil, err
+	}
+	return mm, nil
+}
+
+// releaseStream gives back what reserveStream took, for a stream that is
+// not made after all.
+func (s *Session) releaseStream(mm MemoryManager) {
+	if mm != nil {
+		mm.ReleaseMemory(int(s.cfg.InitialStreamWindow))
+		mm.Done()
+	}
+}
+
+// mmInitial is what reserveStream reserved from mm.
+func (s *Session) mmInitial(mm MemoryManager) int {
+	if mm == nil {
+		return 0
+	}
+	return int(s.cfg.InitialStreamWindow)
 }
 
 // refusal is the code a peer's new stream is refused with, or CodeNone

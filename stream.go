@@ -47,18 +47,20 @@ type Stream struct {
 	needACK    bool
 	needUpdate bool
 	needRST    bool
-	rstCode    wire.Code
-	updAt      int64 // sess.now() of a window update sent while the peer had no credit
-	acked      bool  // the peer acknowledged this side's open, or none is needed
-	err        error // terminal: reset, refused, or the session ended
-	removed    bool  // forgotten by the session
-	backlogged bool  // waiting in the session's accept backlog
+	rstCode    uint32 // the code the RST carries
+	updAt      int64  // sess.now() of a window update sent while the peer had no credit
+	acked      bool   // the peer acknowledged this side's open, or none is needed
+	err        error  // terminal: reset, refused, or the session ended
+	removed    bool   // forgotten by the session
+	backlogged bool   // waiting in the session's accept backlog
 	// A peer-opened stream counts toward MaxIncomingStreams (slot) until
 	// both ends have closed it; then, until its FIN is written and it is
 	// forgotten, among the session's lingering streams (see freeSlot).
 	slot, lingering bool
 	openTimer       *time.Timer
 	closeTimer      *time.Timer
+	mm              MemoryManager // nil without Config.MemoryManager, or once released
+	mmHeld          int           // bytes reserved from mm
 
 	// Guarded by sess.mu: links of the accept backlog.
 	acceptPrev, acceptNext *Stream
@@ -215,7 +217,32 @@ func (s *Stream) tune() {
 	if rtt == 0 && sess.caps.PingReply {
 		sess.startPing()
 	}
-	s.rwin.Tune(time.Duration(sess.now()), rtt, max, sess.budget)
+	var reserve func(uint32) bool
+	if s.mm != nil {
+		reserve = s.reserveGrowth
+	}
+	s.rwin.TuneWith(time.Duration(sess.now()), rtt, max, sess.budget, reserve)
+}
+
+// reserveGrowth asks the memory manager for grow bytes of window growth.
+// s.mu must be held.
+func (s *Stream) reserveGrowth(grow uint32) bool {
+	if s.mm.ReserveMemory(int(grow), growthPriority) != nil {
+		return false
+	}
+	s.mmHeld += int(grow)
+	return true
+}
+
+// releaseMemory gives back everything the stream reserved from its memory
+// manager and ends its accounting, once. s.mu must be held.
+func (s *Stream) releaseMemory() {
+	if s.mm == nil {
+		return
+	}
+	s.mm.ReleaseMemory(s.mmHeld)
+	s.mm.Done()
+	s.mm, s.mmHeld = nil, 0
 }
 
 // ReceiveWindow returns the stream's current receive window: how many
@@ -385,13 +412,20 @@ func (s *Stream) Close() error {
 // read (the peer drops its own), and the peer's Read and Write fail with
 // ErrStreamReset. On protocols without a reset frame (smux), it sends FIN
 // and drops further data instead.
-func (s *Stream) Reset() error {
+func (s *Stream) Reset() error { return s.ResetWithError(0) }
+
+// ResetWithError is Reset with an error code for the peer: its Read and
+// Write fail with a *StreamError carrying code (Remote), this side's with
+// one carrying it too. The code goes where go-yamux puts it (the length
+// field of the RST) on yamux, and in the RST on muxado. smux has no codes:
+// there it resets (sends FIN) without one and returns nil.
+func (s *Stream) ResetWithError(code uint32) error {
 	s.mu.Lock()
 	if s.err != nil {
 		s.mu.Unlock()
 		return nil
 	}
-	s.resetLocked(wire.CodeNone, ErrStreamReset)
+	s.resetWith(code, &StreamError{Code: code})
 	s.mu.Unlock()
 	s.sess.forget(s)
 	return nil
@@ -400,7 +434,12 @@ func (s *Stream) Reset() error {
 // resetLocked ends the stream with err, telling the peer with RST (or FIN
 // where the protocol has no RST). The caller must forget the stream after
 // releasing s.mu. s.mu must be held.
-func (s *Stream) resetLocked(code wire.Code, err error) {
+func (s *Stream) resetLocked(reason wire.Code, err error) {
+	s.resetWith(s.sess.resetCode(reason), err)
+}
+
+// resetWith is resetLocked with the code the RST carries. s.mu must be held.
+func (s *Stream) resetWith(code uint32, err error) {
 	s.fail(err)
 	if s.sess.caps.Reset {
 		s.needRST = true
@@ -455,6 +494,7 @@ func (s *Stream) sessionEnded(err error) {
 	if s.err == nil {
 		s.err = err
 	}
+	s.releaseMemory()
 	s.send.discard(s.send.len())
 	s.inflight = 0
 	s.stopTimers()

@@ -39,7 +39,7 @@ const (
 // table.
 type refusal struct {
 	id   uint32
-	code wire.Code
+	code uint32 // the code the RST carries
 }
 
 // taken records DATA bytes of a stream that are in the batch being written.
@@ -173,7 +173,7 @@ func (w *writer) queuePong(id uint32) {
 
 // queueRefusal queues a reset (or, without RST, a FIN) for a stream not in
 // the table, waiting as queuePong does while maxRefusals of them wait.
-func (w *writer) queueRefusal(id uint32, code wire.Code) {
+func (w *writer) queueRefusal(id uint32, code uint32) {
 	w.mu.Lock()
 	for len(w.refusals) >= maxRefusals {
 		if !w.awaitRoom() {
@@ -281,7 +281,9 @@ func (w *writer) final() {
 				return
 			}
 		}
-		if !w.resetUnclosed() {
+		// A GoAway with a code tells the peer why every open stream ends;
+		// without one, resets say that the streams left open ended short.
+		if s.goAwayCode == wire.CodeNone && !w.resetUnclosed() {
 			return
 		}
 	}
@@ -546,7 +548,7 @@ func (w *writer) streamControl(st *Stream) {
 	}
 	if st.needRST {
 		st.needRST, st.needUpdate = false, false
-		w.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagRST, Stream: st.id, Value: uint32(st.rstCode)})
+		w.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagRST, Stream: st.id, Value: st.rstCode})
 		return
 	}
 	if st.needUpdate {

@@ -16,6 +16,13 @@ import "time"
 // credit by the next Update. now is any monotonic clock. It returns the
 // bytes the window grew by.
 func (r *Recv) Tune(now, rtt time.Duration, max uint32, budget *Budget) uint32 {
+	return r.TuneWith(now, rtt, max, budget, nil)
+}
+
+// TuneWith is Tune with a second say over the growth: once the budget has
+// room, reserve, if not nil, is asked for the grow bytes (an application's
+// memory manager, say), and growth happens only if it agrees too.
+func (r *Recv) TuneWith(now, rtt time.Duration, max uint32, budget *Budget, reserve func(grow uint32) bool) uint32 {
 	read := r.consumed - r.epochRead
 	start := r.epochStart
 	r.epochStart, r.epochRead = now, r.consumed
@@ -29,7 +36,13 @@ func (r *Recv) Tune(now, rtt time.Duration, max uint32, budget *Budget) uint32 {
 	grow := min(r.window, max-r.window)
 	held := r.Held()
 	r.window += grow
-	if !budget.TryReserve(int64(r.Held() - held)) {
+	charge := int64(r.Held() - held)
+	if !budget.TryReserve(charge) {
+		r.window -= grow
+		return 0
+	}
+	if reserve != nil && !reserve(grow) {
+		budget.Release(charge)
 		r.window -= grow
 		return 0
 	}

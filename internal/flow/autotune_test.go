@@ -194,3 +194,26 @@ func TestTuneLeavesAFastLocalLinkAlone(t *testing.T) {
 		r.Update(false)
 	}
 }
+
+func TestTuneWithGrowsOnlyWhenTheSecondSayAgrees(t *testing.T) {
+	b := NewBudget(64 << 20)
+	for _, agree := range []bool{false, true} {
+		r := NewRecv(256*kib, 256*kib)
+		r.StartEpoch(time.Second)
+		r.Receive(256 * kib)
+		r.Read(256 * kib)
+		var asked uint32
+		grown := r.TuneWith(time.Second+time.Millisecond, 50*time.Millisecond, 16<<20, b, func(grow uint32) bool {
+			asked = grow
+			return agree
+		})
+		switch {
+		case asked != 256*kib:
+			t.Fatalf("asked for %d bytes, want the growth of 256 KiB", asked)
+		case agree && (grown != 256*kib || r.Window() != 512*kib || b.Used() != 256*kib):
+			t.Fatalf("agreed: grew %d to %d, budget %d", grown, r.Window(), b.Used())
+		case !agree && (grown != 0 || r.Window() != 256*kib || b.Used() != 0):
+			t.Fatalf("refused: grew %d to %d, budget %d; want nothing held", grown, r.Window(), b.Used())
+		}
+	}
+}

@@ -63,9 +63,11 @@ const (
 	FlagRST                   // abort the stream in both directions
 )
 
-// Code is a neutral error code carried by RST and GoAway. Its values are
-// muxado's, which extend yamux's GoAway codes (0 normal, 1 protocol error,
-// 2 internal error); each codec maps them to what its wire can carry.
+// Code is the reason for a reset or a GoAway the engine makes on its own.
+// Its values are muxado's, which extend yamux's GoAway codes (0 normal,
+// 1 protocol error, 2 internal error). Where a protocol's codes belong to
+// the application (yamux RST), the engine sends 0 instead; see
+// Caps.ReasonCodes.
 type Code uint32
 
 const (
@@ -132,6 +134,12 @@ type Caps struct {
 	GoAway bool
 	// GoAwayLastID: the GoAway frame carries the last accepted stream id.
 	GoAwayLastID bool
+	// ReasonCodes: RST codes have protocol-defined meanings (muxado's), so
+	// the engine's own resets carry their Code and a received Refused or
+	// AcceptFull means a refusal. Without it (yamux) an RST code belongs to
+	// the application: the engine's own resets carry 0, and a received
+	// code is never read as one of the engine's.
+	ReasonCodes bool
 	// GoAwayKeepsStreams: peers keep serving their open streams after a
 	// GoAway (muxado), so a graceful end may announce itself at once.
 	// Without it (yamux: go-yamux closes its whole session on any GoAway)

@@ -59,6 +59,7 @@ var muxadoCaps = Caps{
 	GoAway:             true,
 	GoAwayLastID:       true,
 	GoAwayKeepsStreams: true,
+	ReasonCodes:        true,
 	WindowOnOpen:       false,
 	SynFinApart:        true,
 	OverrunResets:      true,

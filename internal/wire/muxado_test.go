@@ -286,6 +286,7 @@ func TestMuxadoDescribesItself(t *testing.T) {
 		GoAway:             true,
 		GoAwayLastID:       true,
 		GoAwayKeepsStreams: true,
+		ReasonCodes:        true,
 		SynFinApart:        true,
 		OverrunResets:      true,
 		RejectUnknownData:  true,
