@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -368,4 +369,54 @@ func TestAFreshStreamEchoesAfterASynFinFlood(t *testing.T) {
 			t.Fatalf("the fresh stream echoed %d bytes of %d", len(got), len(msg))
 		}
 	})
+}
+
+func TestAFailedWriteStillDeliversWhatThePeerSent(t *testing.T) {
+	// The session's first write fails, which ends it; the data and FIN
+	// the peer sends afterwards were already on their way, and a Read
+	// waiting for them gets them, then EOF, not the session's error.
+	for _, proto := range protocols {
+		t.Run(proto.String(), func(t *testing.T) {
+			checkLeaks(t)
+			c1, c2 := net.Pipe()
+			go io.Copy(io.Discard, c2) // the session's one byte, then nothing
+			s, err := Server(newFaultConn(c1, faultWriteError, 1), &Config{Protocol: proto})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			codec, _ := codecFor(proto)
+			p := &rawPeer{t: t, conn: c2, codec: codec, br: bufio.NewReader(c2)}
+			defer c2.Close()
+			id := p.openFirst(t)
+			st, err := s.AcceptStream(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			go s.OpenStream(ctx(t)) // a write, which fails (yamux's ACK may come first)
+			eventually(t, 5*time.Second, "the failed write ending the session", s.IsClosed)
+			// The read loop still runs: a Read waits for what may come,
+			// rather than fail with the session's error.
+			st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrTimeout) {
+				t.Fatalf("a Read while the read loop still runs: %v, want it to wait", err)
+			}
+			st.SetReadDeadline(time.Time{})
+			got := make(chan error, 1)
+			go func() {
+				b, err := io.ReadAll(st)
+				if err == nil && string(b) != "last words" {
+					err = fmt.Errorf("read %q", b)
+				}
+				got <- err
+			}()
+			b := append(p.encode(nil, dataFrame(id, 10)), "last words"...)
+			if err := p.sendRaw(p.encode(b, finFrame(id))); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-got; err != nil {
+				t.Fatalf("the stream: %v, want its data and EOF", err)
+			}
+		})
+	}
 }

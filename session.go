@@ -82,6 +82,7 @@ type Session struct {
 	closing    chan struct{} // closed when the session starts to end
 	closeOnce  sync.Once
 	graceful   bool                  // deliver what was written before closing the connection
+	discard    bool                  // the application ended it: frames that still arrive are read and dropped
 	goAwayCode wire.Code             // the GoAway the end sends
 	lingerEnd  time.Time             // when the end stops waiting for the peer
 	watchdog   *time.Timer           // closes the connection should the end outlast lingerEnd
@@ -778,6 +779,7 @@ func (s *Session) end(err error, code wire.Code, graceful bool) {
 		case graceful:
 			s.graceful = true
 			s.lingerEnd = now.Add(s.cfg.CloseLinger)
+			s.discard = true
 		default:
 			s.lingerEnd = now.Add(goAwayWait)
 		}
@@ -797,10 +799,13 @@ func (s *Session) end(err error, code wire.Code, graceful bool) {
 
 // readLoop reads and dispatches frames until the connection fails or the
 // session ends, then waits for the writer and wakes everything blocked.
-// While the session is ending it goes on reading, and discarding, until
-// the writer closes the connection: a peer blocked writing to us could
-// otherwise not read what we still deliver, and closing a TCP connection
-// with unread data would reset it and lose what the kernel still holds.
+// While the session is ending it goes on reading until the writer closes
+// the connection: a peer blocked writing to us could otherwise not read
+// what we still deliver, and closing a TCP connection with unread data
+// would reset it and lose what the kernel still holds. It discards what it
+// reads once the application has closed the session; after a failed
+// write, say, the frames already on their way (the peer's last data and
+// FINs) are still delivered to the streams.
 func (s *Session) readLoop() {
 	defer s.finish()
 	if !s.isDetected() {
@@ -814,7 +819,7 @@ func (s *Session) readLoop() {
 		if err == nil {
 			s.lastRecv.Store(s.now())
 			s.nFramesRecv.Add(1)
-			if s.IsClosed() {
+			if s.IsClosed() && s.discard {
 				err = s.skip(f)
 			} else {
 				err = s.handle(f)

@@ -154,12 +154,19 @@ func (s *Stream) Read(p []byte) (int, error) {
 		if len(p) == 0 {
 			return 0, nil
 		}
+		// Once the session ends, nothing more arrives, unless its read
+		// loop still delivers what was on its way (an end the application
+		// did not ask for, such as a failed write): then wait for that.
+		ending := s.sess.closing
+		if s.sess.IsClosed() && !s.sess.discard {
+			ending = s.sess.readDone
+		}
 		select {
 		case <-s.readCh:
 		case <-s.rdl.wait():
 			return 0, ErrTimeout
-		case <-s.sess.closing:
-			ended = true
+		case <-ending:
+			ended = ending == s.sess.readDone || s.sess.discard
 		}
 	}
 }

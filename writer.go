@@ -257,9 +257,11 @@ func (w *writer) run() {
 		default:
 		}
 		if err := w.flush(); err != nil {
-			// The frames may be cut anywhere: nothing more can be written.
+			// The frames may be cut anywhere: nothing more can be
+			// written. The read loop goes on until the connection ends,
+			// or the watchdog closes it, so that what the peer sent
+			// before still arrives.
 			s.shutdown(fmt.Errorf("%w: write: %w", ErrSessionClosed, err), wire.CodeNone)
-			s.conn.Close()
 			return
 		}
 	}
