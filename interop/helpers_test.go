@@ -90,9 +90,26 @@ type env struct {
 // newEnv connects a client of c.clientLib() to a server of c.serverLib().
 func newEnv(t *testing.T, c cell, o muxes.Options, timeout time.Duration) *env {
 	t.Helper()
+	return newEnvWrapped(t, c, o, timeout, nil, nil)
+}
+
+// newEnvWrapped is newEnv with the connection of the polymux side passed
+// through wrapPM, and the peer's through wrapPeer, where they are set.
+func newEnvWrapped(t *testing.T, c cell, o muxes.Options, timeout time.Duration, wrapPM, wrapPeer func(net.Conn) net.Conn) *env {
+	t.Helper()
 	checkLeaks(t)
 	cc, sc := loopback.MustTCPPair(t)
 	e := &env{t: t, cell: c}
+	pmConn, peerConn := &cc, &sc
+	if !c.polymuxClient {
+		pmConn, peerConn = &sc, &cc
+	}
+	if wrapPM != nil {
+		*pmConn = wrapPM(*pmConn)
+	}
+	if wrapPeer != nil {
+		*peerConn = wrapPeer(*peerConn)
+	}
 	var err error
 	if e.server, err = c.serverLib().Server(sc, o); err != nil {
 		cc.Close()

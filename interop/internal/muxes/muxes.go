@@ -55,9 +55,19 @@ type Options struct {
 	// each library's own defaults, untouched (polymux and go-yamux then
 	// auto-tune up to 16 MiB; smux v2 advertises 64 KiB).
 	Window int
-	// Streams, if > 0, is how many streams the peer may have open and
-	// waiting for Accept at once; the accept backlog and incoming stream
-	// limits of the libraries that have them are raised to it.
+	// Streams, if > 0, is how many peer-opened streams may be open at
+	// once, counting those waiting for Accept. It raises the limits that
+	// would refuse an open below it: polymux's and go-yamux's
+	// MaxIncomingStreams (default 1000 each), and muxado's AcceptBacklog
+	// (default 128), which is muxado's only bound: its opener does not
+	// wait, so an open that finds the queue full is refused (RST
+	// AcceptQueueFull). Every other accept backlog stays at its default,
+	// because none of them loses an open: polymux's (256) refuses with
+	// RST only past what a yamux opener waits for, pauses an smux
+	// session and does not bound muxado; hashicorp's and go-yamux's (256)
+	// are also the opener's cap on streams awaiting an ACK, which the
+	// acceptor sends at Accept; smux's (1024) is fixed and stops its
+	// reader while it is full.
 	Streams int
 	// SessionBuffer, if > 0, bounds received-but-unread bytes per session
 	// where the library has such a bound (polymux MaxSessionBuffer, smux
@@ -99,8 +109,8 @@ type Lib struct {
 
 // Polymux returns polymux speaking p, named "polymux-<p>". It sets
 // InitialStreamWindow and MaxStreamWindow to the window (auto-tuning off),
-// MaxSessionBuffer to 64 MiB (its default), and with Options.Streams the
-// AcceptBacklog and MaxIncomingStreams.
+// MaxSessionBuffer to 64 MiB (its default), and with Options.Streams
+// MaxIncomingStreams; AcceptBacklog stays at its default.
 func Polymux(p polymux.Protocol) Lib {
 	return Lib{
 		Name:     "polymux-" + p.String(),
@@ -124,7 +134,6 @@ func PolymuxConfig(p polymux.Protocol, o Options) *polymux.Config {
 		cfg.MaxSessionBuffer = int64(max(o.sessionBuffer(), int(w)))
 	}
 	if o.Streams > 0 {
-		cfg.AcceptBacklog = o.Streams
 		cfg.MaxIncomingStreams = o.Streams
 	}
 	return cfg
@@ -169,8 +178,10 @@ func (p polymuxSession) Native() any  { return p.s }
 
 // Hashicorp is github.com/hashicorp/yamux. Config changed from
 // DefaultConfig: LogOutput io.Discard; with Options.Window,
-// MaxStreamWindowSize; with Options.Streams, AcceptBacklog (which also
-// caps the opener's un-acknowledged streams).
+// MaxStreamWindowSize. It has no incoming-stream limit, so
+// Options.Streams changes nothing: its AcceptBacklog (256) also caps the
+// opener's streams awaiting an ACK, which the acceptor sends at Accept, so
+// a yamux opener that waits for ACKs never overflows it.
 var Hashicorp = Lib{
 	Name:     "hashicorp/yamux",
 	Protocol: polymux.Yamux,
@@ -188,9 +199,6 @@ func HashicorpConfig(o Options) *hashicorp.Config {
 	cfg.LogOutput = io.Discard
 	if w, libDefaults := o.window(); !libDefaults {
 		cfg.MaxStreamWindowSize = w
-	}
-	if o.Streams > 0 {
-		cfg.AcceptBacklog = o.Streams
 	}
 	return cfg
 }
@@ -236,8 +244,9 @@ func (s HashicorpStream) CloseWrite() error { return s.Stream.Close() }
 // GoYamux is github.com/libp2p/go-yamux/v5. Config changed from
 // DefaultConfig: LogOutput io.Discard; with Options.Window,
 // InitialStreamWindowSize and MaxStreamWindowSize (auto-tuning off); with
-// Options.Streams, AcceptBacklog and MaxIncomingStreams. No memory
-// manager.
+// Options.Streams, MaxIncomingStreams (AcceptBacklog stays 256: like
+// hashicorp's, it also caps the opener's streams awaiting an ACK). No
+// memory manager.
 var GoYamux = Lib{
 	Name:     "libp2p/go-yamux",
 	Protocol: polymux.Yamux,
@@ -258,7 +267,6 @@ func GoYamuxConfig(o Options) *goyamux.Config {
 		cfg.MaxStreamWindowSize = w
 	}
 	if o.Streams > 0 {
-		cfg.AcceptBacklog = o.Streams
 		cfg.MaxIncomingStreams = uint32(o.Streams)
 	}
 	return cfg
@@ -397,8 +405,9 @@ func (s SmuxStream) SetWriteDeadline(t time.Time) error { return s.S.SetWriteDea
 // Muxado is golang.ngrok.com/muxado/v2. Config changed from its defaults:
 // with Options.Window, MaxWindowSize (default 256 KiB: both ends assume
 // their own, so both must agree); with Options.Streams, AcceptBacklog
-// (default 128). Its OpenStream is lazy: the peer's Accept returns only
-// after the first Write.
+// (default 128; past it an open is refused, see Options.Streams). Its
+// OpenStream is lazy: the peer's Accept returns only after the first
+// Write.
 var Muxado = Lib{
 	Name:     "ngrok/muxado",
 	Protocol: polymux.MuxadoV2,
