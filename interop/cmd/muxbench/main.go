@@ -95,9 +95,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		idleStreams:  *idle,
 		rawIdleLimit: rawIdleLimit(),
 		slowSize:     *slow,
-		opts:         muxes.Options{Window: *window, Streams: max(16384, *idle+1024)},
-		progress:     stderr,
-		stacks:       *stacks,
+		// Streams raises only the limits that would refuse the idle
+		// workload's opens; accept backlogs stay at their defaults (see
+		// muxes.Options.Streams).
+		opts:     muxes.Options{Window: *window, Streams: max(16384, *idle+1024)},
+		progress: stderr,
+		stacks:   *stacks,
 	}
 	if *window == 0 || *window < -1 {
 		fmt.Fprintln(stderr, "muxbench: -window must be a size in bytes, or -1")
