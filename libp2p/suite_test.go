@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/network"
-	goyamux "github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	tmux "github.com/libp2p/go-libp2p/p2p/muxer/testsuite"
+	goyamux "github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 )
 
 // byRole is a network.Multiplexer that runs one muxer on the server side
