@@ -8,6 +8,7 @@ staticcheck_version=v0.8.2
 
 modules=(.)
 [ -f interop/go.mod ] && modules+=(interop)
+[ -f libp2p/go.mod ] && modules+=(libp2p)
 
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
