@@ -39,10 +39,12 @@ type Transport struct {
 var _ network.Multiplexer = (*Transport)(nil)
 
 // DefaultConfig returns the configuration of DefaultTransport: polymux's
-// defaults, which already match go-libp2p's yamux transport (256 KiB
-// initial window, growth up to 16 MiB, an accept backlog of 256, a silent
-// logger), with the limits that the resource manager enforces in a libp2p
-// host lifted, as go-libp2p does for go-yamux:
+// defaults, which already match go-libp2p's yamux transport (a 256 KiB
+// initial window growing up to 16 MiB, an accept backlog of 256, frames
+// of 64 KiB, keepalive after 30 s of silence, a 10 s bound on each write
+// to the connection, a silent logger), with the limits that the resource
+// manager enforces in a libp2p host lifted, as go-libp2p does for
+// go-yamux:
 //   - MaxIncomingStreams: the resource manager admits or refuses each
 //     stream, so polymux's own count would only refuse streams the
 //     manager allowed;
