@@ -41,11 +41,9 @@ func putChunk(c *chunk) {
 	chunkPools[c.class].Put(c)
 }
 
-// byteQueue is a FIFO of bytes in pooled chunks, written by one side and
-// read by the other. It is not synchronised: the owner's mutex guards the
-// fields, while the producer may fill the free bytes of the tail chunk
-// (returned by space) without the lock, since the consumer touches only
-// readable bytes and never frees the tail chunk before it is full.
+// byteQueue is a FIFO of bytes in pooled chunks. It is not synchronised:
+// its owner's mutex guards it. A queue holds no chunk while it is empty,
+// so an idle stream costs only the queue's three words.
 type byteQueue struct {
 	head, tail *chunk
 	n          int // readable bytes
@@ -113,11 +111,42 @@ func (q *byteQueue) discard(k int) {
 	}
 }
 
-// release frees the head chunk once it is consumed and can take no more
-// bytes (a consumed tail with free room is kept for the producer).
+// discardKeep is discard that keeps a consumed tail chunk with room for
+// more, for a producer about to write again: a Write blocked on the
+// window refills the same chunk rather than cycling one through the pool
+// for every grant.
+func (q *byteQueue) discardKeep(k int) {
+	for k > 0 {
+		c := q.head
+		d := min(k, c.w-c.r)
+		c.r += d
+		q.n -= d
+		k -= d
+		if c != q.tail || c.w == len(c.buf) {
+			q.release()
+		}
+	}
+}
+
+// push appends a chunk that was filled apart (without the owner's lock).
+func (q *byteQueue) push(c *chunk) {
+	if c.w == c.r {
+		putChunk(c)
+		return
+	}
+	if q.tail == nil {
+		q.head = c
+	} else {
+		q.tail.next = c
+	}
+	q.tail = c
+	q.n += c.w - c.r
+}
+
+// release frees the head chunk once it is consumed.
 func (q *byteQueue) release() {
 	c := q.head
-	if c == nil || c.r < c.w || (c == q.tail && c.w < len(c.buf)) {
+	if c == nil || c.r < c.w {
 		return
 	}
 	q.head = c.next
@@ -144,4 +173,40 @@ func (q *byteQueue) slices(off, k int, bufs [][]byte) [][]byte {
 		k -= len(b)
 	}
 	return bufs
+}
+
+// bufferStack lends large buffers (read buffers, header arenas) to the
+// sessions whose frames are flowing, and keeps up to max of them between
+// loans, so sessions that go quiet and busy again reuse the same few
+// rather than allocating: a sync.Pool would do, but it may drop what is
+// put back (always some of it under the race detector). What it keeps is
+// bounded: max buffers.
+type bufferStack struct {
+	size, max int
+	mu        sync.Mutex // guards free
+	free      []*[]byte
+}
+
+// get returns a buffer of length size.
+func (b *bufferStack) get() *[]byte {
+	b.mu.Lock()
+	if n := len(b.free); n > 0 {
+		p := b.free[n-1]
+		b.free[n-1] = nil
+		b.free = b.free[:n-1]
+		b.mu.Unlock()
+		return p
+	}
+	b.mu.Unlock()
+	p := make([]byte, b.size)
+	return &p
+}
+
+// put gives a buffer from get back.
+func (b *bufferStack) put(p *[]byte) {
+	b.mu.Lock()
+	if len(b.free) < b.max {
+		b.free = append(b.free, p)
+	}
+	b.mu.Unlock()
 }

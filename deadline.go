@@ -81,3 +81,65 @@ func notify(c chan struct{}) {
 	default:
 	}
 }
+
+// deadlines are a stream's read and write deadlines, made the first time
+// one is set: a stream that never sets a deadline has no timer and no
+// channel for them.
+type deadlines struct {
+	read, write deadline
+}
+
+func newDeadlines() *deadlines {
+	return &deadlines{read: makeDeadline(), write: makeDeadline()}
+}
+
+// waitCh returns a channel closed once d has passed; nil, which a select
+// never picks, when there is no deadline.
+func waitCh(d *deadline) <-chan struct{} {
+	if d == nil {
+		return nil
+	}
+	return d.wait()
+}
+
+// waitPool lends the one-slot channels a blocked Read or Write waits on,
+// so that a stream nobody is waiting on holds none.
+var waitPool = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
+
+// waiter is a channel borrowed from waitPool while at least one call waits.
+type waiter struct {
+	ch chan struct{}
+	n  int // calls waiting on ch
+}
+
+// start borrows the channel for one more waiting call; the owner's mutex
+// must be held, as for every waiter method.
+func (w *waiter) start() chan struct{} {
+	if w.ch == nil {
+		w.ch = waitPool.Get().(chan struct{})
+	}
+	w.n++
+	return w.ch
+}
+
+// done ends one waiting call, giving the channel back, emptied, once no
+// call waits.
+func (w *waiter) done() {
+	w.n--
+	if w.n > 0 {
+		return
+	}
+	select {
+	case <-w.ch:
+	default:
+	}
+	waitPool.Put(w.ch)
+	w.ch = nil
+}
+
+// wake signals the waiting calls, if any.
+func (w *waiter) wake() {
+	if w.ch != nil {
+		notify(w.ch)
+	}
+}

@@ -371,7 +371,7 @@ func TestConnectionFaults(t *testing.T) {
 				case <-fc.fired:
 				case <-cli.Done():
 					if !fc.hit() {
-						t.Fatalf("the session ended before the fault: %v", cli.Err())
+						t.Fatalf("the session ended before the fault: %v (server: %v)", cli.Err(), srv.Err())
 					}
 				case <-allDone:
 					if !fc.hit() {

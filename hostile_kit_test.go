@@ -447,9 +447,10 @@ func sizeMiB(n uint64) string { return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20
 // ctrlBacklog is what the session's writer holds in its bounded queues of
 // replies to the peer: pongs and refusals.
 func ctrlBacklog(s *Session) (pongs, refusals int) {
-	s.w.mu.Lock()
-	defer s.w.mu.Unlock()
-	return len(s.w.pongs), len(s.w.refusals)
+	q := &s.w.sched
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pongs), len(q.refusals)
 }
 
 // watchCtrl samples the writer's reply queues until the test ends or the

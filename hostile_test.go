@@ -1042,7 +1042,7 @@ func TestClosedStreamsStopTheirDeadlineTimers(t *testing.T) {
 		b.Close()
 		eventually(t, 5*time.Second, "streams forgotten", func() bool { return cli.NumStreams()+srv.NumStreams() == 0 })
 		for _, st := range []*Stream{a, b} {
-			for name, d := range map[string]*deadline{"read": &st.rdl, "write": &st.wdl} {
+			for name, d := range map[string]*deadline{"read": &st.dl.read, "write": &st.dl.write} {
 				d.mu.Lock()
 				armed := d.timer != nil && d.timer.Stop()
 				d.mu.Unlock()

@@ -3,8 +3,8 @@
 package polymux
 
 import (
-	"bufio"
 	"crypto/tls"
+	"io"
 	"net"
 	"path/filepath"
 	"reflect"
@@ -12,9 +12,7 @@ import (
 )
 
 // readerType is the type of what a bufio.Reader reads from.
-func readerType(br *bufio.Reader) reflect.Type {
-	return reflect.ValueOf(br).Elem().FieldByName("rd").Elem().Type()
-}
+func readerType(rd io.Reader) reflect.Type { return reflect.TypeOf(rd) }
 
 func TestListenerSessionsReadAndWriteTheSocketItself(t *testing.T) {
 	cert := selfSigned(t)
@@ -83,11 +81,11 @@ func TestListenerSessionsReadAndWriteTheSocketItself(t *testing.T) {
 			if err := roundTrip(st, randomBytes(300<<10)); err != nil {
 				t.Fatal(err)
 			}
-			if got := readerType(srv.br); got != tc.reader {
+			if got := readerType(srv.rd.conn); got != tc.reader {
 				t.Errorf("the session reads from %v, want %v", got, tc.reader)
 			}
-			if srv.w.vectored != tc.vectored {
-				t.Errorf("vectored writes: %v, want %v", srv.w.vectored, tc.vectored)
+			if srv.w.enc.vectored != tc.vectored {
+				t.Errorf("vectored writes: %v, want %v", srv.w.enc.vectored, tc.vectored)
 			}
 			if srv.Protocol() != proto {
 				t.Errorf("served %v, want %v", srv.Protocol(), proto)

@@ -1,14 +1,18 @@
 package polymux
 
+// Lock order. A goroutine may take, in this order and never the other
+// way: a Stream's mu, then Session.mu, then the writer's scheduler.mu.
+// Session.pingMu, the timeouts' mu, the deadlines' mu and the writer's
+// deadline mutex (encoder.dlMu) are leaves: nothing is taken while one is
+// held. No lock is held across a blocking call on the connection.
+
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,48 +21,55 @@ import (
 	"github.com/polymux/polymux/internal/wire"
 )
 
-// readBufferSize is the read loop's buffer: large enough to batch many
-// small frames per system call, small enough that large payloads are read
-// straight into stream buffers.
-const readBufferSize = 64 << 10
-
-// Session is one multiplexed connection. It runs two goroutines (a read
-// loop and a writer) and none per stream. It implements net.Listener, so
-// http.Serve(sess, handler) serves the streams the peer opens; its Close
-// ends the whole session, so for a graceful http.Server.Shutdown serve
-// Listener() instead. All methods are safe for concurrent use.
+// Session is one multiplexed connection. It runs a read loop, a writer
+// goroutine only while there is something to write, and none per stream.
+// It implements net.Listener, so http.Serve(sess, handler) serves the
+// streams the peer opens; its Close ends the whole session, so for a
+// graceful http.Server.Shutdown serve Listener() instead. All methods are
+// safe for concurrent use.
 type Session struct {
+	// Set when the session starts, or by detection before detected is
+	// closed, and read-only after.
 	conn     net.Conn
 	cfg      Config
 	proto    Protocol
 	codec    wire.Codec
 	caps     *wire.Caps
+	window   flow.Mode // the protocol's per-stream flow control
 	client   bool
 	log      *slog.Logger
 	budget   *flow.Budget
-	frameMax int // largest DATA payload sent
-	br       *bufio.Reader
-	w        writer
-	view     sessionListener
+	frameMax int       // largest DATA payload sent
 	epoch    time.Time // origin of the monotonic clock in nanoseconds
-	// detected is closed once proto, codec, caps, frameMax and nextID are
-	// set: at once, or after a server in Auto mode has seen the client's
-	// first bytes. Those fields are read only after it is closed.
-	detected  chan struct{}
-	budgetCh  chan struct{} // signalled when buffered bytes are released
-	backlogCh chan struct{} // signalled when the accept backlog shrinks
-	idleCh    chan struct{} // signalled when the stream table empties
-	lingerCh  chan struct{} // signalled when a lingering stream is forgotten
+	// detected is closed once proto, codec, caps, window, frameMax and
+	// nextID are set: at once, or after a server in Auto mode has seen the
+	// client's first bytes. Those fields are read only after it is closed.
+	detected chan struct{}
+
+	rd frameReader // owned by the read loop
+	w  writer
+	ka keepalive
+	// The fixed-duration stream timeouts, one timer each for the session.
+	openTimeouts, closeTimeouts timeouts
+	view                        sessionListener
+
+	// One-slot signals, each waited on by one kind of caller.
+	budgetCh  chan struct{} // buffered bytes were released (the smux read loop)
+	backlogCh chan struct{} // the accept backlog shrank (the paused smux read loop)
+	lingerCh  chan struct{} // a lingering stream was forgotten (the read loop)
+	idleCh    chan struct{} // the stream table emptied (Shutdown)
+	acceptCh  chan struct{} // the backlog gained a stream (AcceptStream)
+	unackedCh chan struct{} // unacked dropped (OpenStream)
 	// paused is set while the read loop waits, by this side's choice, for
 	// the application to accept (smux): keepalive and WriteTimeout do not
 	// count that wait against the peer.
 	paused atomic.Bool
 
-	mu           sync.Mutex // guards the fields below, up to pingMu
+	mu           sync.Mutex // guards the fields from here to acceptDone
 	streams      map[uint32]*Stream
 	nextID       uint32
 	exhausted    bool
-	backlogHead  *Stream // accept backlog, oldest first
+	backlogHead  *Stream // accept backlog, oldest first; with each Stream's backlog links
 	backlogTail  *Stream
 	backlogLen   int
 	numIncoming  int    // open peer-opened streams, toward MaxIncomingStreams
@@ -69,16 +80,15 @@ type Session struct {
 	remoteGoAway bool
 	acceptClosed bool          // Accept fails: Shutdown or the listener view's Close
 	shutting     bool          // Shutdown: this side opens no more streams either
-	acceptCh     chan struct{} // signalled when the backlog gains a stream
 	acceptDone   chan struct{} // closed with acceptClosed
-	unackedCh    chan struct{} // signalled when unacked drops
 
 	pingMu  sync.Mutex // guards ping and pingSeq
 	ping    *pendingPing
 	pingSeq uint32
 
-	// The end of the session. graceful, goAwayCode and lingerEnd are set
-	// once, before closing is closed, and read only after it.
+	// The end of the session. graceful, discard, goAwayCode, lingerEnd
+	// and watchdog are set once, before closing is closed, and read only
+	// after it.
 	closing    chan struct{} // closed when the session starts to end
 	closeOnce  sync.Once
 	graceful   bool                  // deliver what was written before closing the connection
@@ -88,8 +98,8 @@ type Session struct {
 	watchdog   *time.Timer           // closes the connection should the end outlast lingerEnd
 	err        atomic.Pointer[error] // why the session ended
 	readDone   chan struct{}         // closed when the read loop has stopped reading
-	writerDone chan struct{}
-	done       chan struct{} // closed when every goroutine has exited
+	writerDone chan struct{}         // closed when the writer has ended the connection
+	done       chan struct{}         // closed when every goroutine has exited
 
 	lastRecv    atomic.Int64 // nanoseconds since epoch of the last frame received
 	rtt         atomic.Int64 // last measured ping round trip
@@ -114,22 +124,20 @@ type pendingPing struct {
 
 // Client starts the client side of a session on conn. With Protocol Auto
 // it speaks yamux. The session owns conn from now on.
-func Client(conn net.Conn, cfg *Config) (*Session, error) { return newSession(conn, cfg, true) }
+func Client(conn net.Conn, cfg *Config) (*Session, error) {
+	return startSession(conn, conn, cfg, true)
+}
 
 // Server starts the server side of a session on conn. With Protocol Auto
 // it detects the client's protocol from its first bytes (see
 // Config.DetectTimeout); Protocol reports Auto until then. The session owns
 // conn from now on.
-func Server(conn net.Conn, cfg *Config) (*Session, error) { return newSession(conn, cfg, false) }
-
-func newSession(conn net.Conn, cfg *Config, client bool) (*Session, error) {
-	return startSession(conn, conn, cfg, client)
+func Server(conn net.Conn, cfg *Config) (*Session, error) {
+	return startSession(conn, conn, cfg, false)
 }
 
-// startSession starts a session on conn that reads from rd: conn itself,
-// or (for a Listener that read the client's first bytes to detect its
-// protocol) a reader that yields those bytes first. Writes always go to
-// conn, so the writer sees the connection's own type.
+// startSession starts a session on conn that reads from rd (conn itself,
+// or a reader that first replays bytes a Listener already read).
 func startSession(conn net.Conn, rd io.Reader, cfg *Config, client bool) (*Session, error) {
 	if cfg == nil {
 		cfg = DefaultConfig()
@@ -145,26 +153,29 @@ func startSession(conn net.Conn, rd io.Reader, cfg *Config, client bool) (*Sessi
 		client:     client,
 		log:        c.Logger,
 		budget:     flow.NewBudget(c.MaxSessionBuffer),
-		br:         bufio.NewReaderSize(rd, readBufferSize),
 		epoch:      time.Now(),
 		detected:   make(chan struct{}),
 		budgetCh:   make(chan struct{}, 1),
 		backlogCh:  make(chan struct{}, 1),
-		idleCh:     make(chan struct{}, 1),
 		lingerCh:   make(chan struct{}, 1),
-		streams:    make(map[uint32]*Stream),
+		idleCh:     make(chan struct{}, 1),
 		acceptCh:   make(chan struct{}, 1),
-		acceptDone: make(chan struct{}),
 		unackedCh:  make(chan struct{}, 1),
+		streams:    make(map[uint32]*Stream),
+		acceptDone: make(chan struct{}),
 		closing:    make(chan struct{}),
 		readDone:   make(chan struct{}),
 		writerDone: make(chan struct{}),
 		done:       make(chan struct{}),
 	}
+	s.rd.conn = rd
 	s.view.s = s
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.openTimeouts = timeouts{d: c.StreamOpenTimeout, now: s.now, fire: s.openTimedOut}
+	s.closeTimeouts = timeouts{d: c.StreamCloseTimeout, now: s.now, fire: s.closeTimedOut}
+	s.w.init(s)
 	if c.Protocol != Auto || client {
 		proto := c.Protocol
 		if proto == Auto {
@@ -176,50 +187,41 @@ func startSession(conn net.Conn, rd io.Reader, cfg *Config, client bool) (*Sessi
 		}
 		s.setCodec(proto, codec)
 	}
-	s.w.init(s)
-	go s.w.run()
 	go s.readLoop()
 	return s, nil
 }
 
-// setCodec fixes the session's protocol and closes detected.
+// setCodec fixes the session's protocol, closes detected and starts the
+// keepalive.
 func (s *Session) setCodec(proto Protocol, codec wire.Codec) {
 	s.proto = proto
 	s.codec = codec
 	s.caps = codec.Caps()
+	s.window = windowMode(s.caps.Window)
 	s.frameMax = min(s.cfg.MaxFrameSize, int(min(s.caps.MaxPayload, maxFrameSizeLimit)))
 	if s.client {
 		s.nextID = s.caps.FirstID[0]
 	} else {
 		s.nextID = s.caps.FirstID[1]
 	}
+	s.w.detected()
 	close(s.detected)
+	s.ka.start(s)
+}
+
+// windowMode is the flow-control mode of a wire window mode.
+func windowMode(m wire.WindowMode) flow.Mode {
+	switch m {
+	case wire.WindowNone:
+		return flow.ModeNone
+	case wire.WindowAbsolute:
+		return flow.ModeAbsolute
+	}
+	return flow.ModeDelta
 }
 
 // isDetected reports whether the protocol is known.
 func (s *Session) isDetected() bool { return isClosed(s.detected) }
-
-// detect peeks at the client's first bytes, within DetectTimeout, and
-// picks the protocol they belong to. Nothing is consumed.
-func (s *Session) detect() error {
-	s.conn.SetReadDeadline(time.Now().Add(s.cfg.DetectTimeout))
-	b, err := s.br.Peek(wire.DetectLen)
-	s.conn.SetReadDeadline(time.Time{})
-	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("%w: no protocol detected: the client sent %d bytes within %v", ErrSessionClosed, len(b), s.cfg.DetectTimeout)
-		}
-		return fmt.Errorf("%w: detecting the protocol: %w", ErrSessionClosed, err)
-	}
-	codec, err := wire.Detect(b)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrProtocol, err)
-	}
-	proto, _ := ParseProtocol(codec.Name())
-	s.setCodec(proto, codec)
-	s.log.Debug("polymux: protocol detected", "protocol", proto, "remote", s.conn.RemoteAddr())
-	return nil
-}
 
 // waitDetected waits until the protocol is known.
 func (s *Session) waitDetected(ctx context.Context) error {
@@ -259,19 +261,19 @@ func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
 	if err := s.waitDetected(ctx); err != nil {
 		return nil, err
 	}
-	mm, err := s.reserveStream()
+	mem, err := s.reserveStream()
 	if err != nil {
 		return nil, fmt.Errorf("polymux: the memory manager refused a new stream: %w", err)
 	}
-	st, err := s.open(ctx, mm)
+	st, err := s.open(ctx, mem)
 	if err != nil {
-		s.releaseStream(mm)
+		s.releaseStream(mem)
 	}
 	return st, err
 }
 
-// open opens a stream whose memory mm accounts (nil without a manager).
-func (s *Session) open(ctx context.Context, mm MemoryManager) (*Stream, error) {
+// open opens a stream whose memory mem accounts (nil without a manager).
+func (s *Session) open(ctx context.Context, mem *streamMemory) (*Stream, error) {
 	for {
 		s.mu.Lock()
 		if err := s.openErr(); err != nil {
@@ -296,7 +298,7 @@ func (s *Session) open(ctx context.Context, mm MemoryManager) (*Stream, error) {
 		s.nextID += 2
 	}
 	st := newStream(s, id, true)
-	st.mm, st.mmHeld = mm, s.mmInitial(mm)
+	st.mem = mem
 	s.streams[id] = st
 	if s.caps.AckOpens {
 		s.unacked++
@@ -307,17 +309,16 @@ func (s *Session) open(ctx context.Context, mm MemoryManager) (*Stream, error) {
 		notify(s.unackedCh) // let another waiting opener through
 	}
 	s.nOpened.Add(1)
-
-	st.mu.Lock()
-	st.needSYN = true
 	if s.caps.AckOpens && s.cfg.StreamOpenTimeout > 0 {
-		st.openTimer = time.AfterFunc(s.cfg.StreamOpenTimeout, st.openTimedOut)
+		s.openTimeouts.add(id, s.now())
 	}
+	st.mu.Lock()
 	// The SYN goes in order with data, not ahead of it as control frames
 	// do: the peer then sees opens and data in the order they were made,
 	// so an smux peer whose backlog is full finds the data of the streams
 	// it accepted before the next open, not behind it.
-	s.w.queueData(st)
+	st.owed |= owedSYN
+	s.w.sched.pushData(st)
 	st.mu.Unlock()
 	return st, nil
 }
@@ -335,6 +336,67 @@ func (s *Session) openErr() error {
 		return ErrStreamsExhausted
 	}
 	return nil
+}
+
+// acknowledged accounts the peer's ACK of one of this side's opens.
+func (s *Session) acknowledged() {
+	s.mu.Lock()
+	s.unacked--
+	s.mu.Unlock()
+	notify(s.unackedCh)
+}
+
+// openTimedOut is the open timeout of stream id, opened at at.
+func (s *Session) openTimedOut(id uint32, _ int64) {
+	if st := s.lookup(id); st != nil && st.local {
+		st.openTimedOut()
+	}
+}
+
+// closeTimedOut is the close timeout of stream id, closed at at.
+func (s *Session) closeTimedOut(id uint32, at int64) {
+	if st := s.lookup(id); st != nil {
+		st.closeTimedOut(at)
+	}
+}
+
+// lookup returns the live stream with id, or nil.
+func (s *Session) lookup(id uint32) *Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams[id]
+}
+
+// memory priorities of Config.MemoryManager, as go-yamux uses them.
+const (
+	openPriority   = 255 // a stream's initial window: its open fails without it
+	growthPriority = 128 // window growth: denied, the window stays as it is
+)
+
+// reserveStream returns what a new stream reserved from its memory
+// manager (its initial window), or nil without Config.MemoryManager.
+func (s *Session) reserveStream() (*streamMemory, error) {
+	if s.cfg.MemoryManager == nil {
+		return nil, nil
+	}
+	mm, err := s.cfg.MemoryManager()
+	if err != nil {
+		return nil, err
+	}
+	if err := mm.ReserveMemory(int(s.cfg.InitialStreamWindow), openPriority); err != nil {
+		mm.Done()
+		return nil, err
+	}
+	return &streamMemory{mm: mm, held: int(s.cfg.InitialStreamWindow)}, nil
+}
+
+// releaseStream gives back what reserveStream took, for a stream that is
+// not made after all.
+func (s *Session) releaseStream(mem *streamMemory) {
+	if mem != nil {
+		mem.mm.ReleaseMemory(mem.held)
+		mem.mm.Done()
+	}
 }
 
 // Open opens a stream; it is OpenStream(context.Background()).
@@ -364,13 +426,13 @@ func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 			if more {
 				notify(s.acceptCh)
 			}
-			st.mu.Lock()
-			st.backlogged = false
-			if s.caps.AckOpens && st.err == nil {
-				st.needACK = true
-				s.w.queueCtrl(st)
+			if s.caps.AckOpens {
+				st.mu.Lock()
+				if st.err == nil {
+					st.owe(owedACK)
+				}
+				st.mu.Unlock()
 			}
-			st.mu.Unlock()
 			return st, nil
 		}
 		s.mu.Unlock()
@@ -397,6 +459,9 @@ func (s *Session) Accept() (net.Conn, error) {
 
 // unlinkBacklog removes st from the accept backlog. s.mu must be held.
 func (s *Session) unlinkBacklog(st *Stream) {
+	if !st.backlogged {
+		return
+	}
 	if st.acceptPrev != nil {
 		st.acceptPrev.acceptNext = st.acceptNext
 	} else {
@@ -407,50 +472,41 @@ func (s *Session) unlinkBacklog(st *Stream) {
 	} else {
 		s.backlogTail = st.acceptPrev
 	}
-	st.acceptPrev, st.acceptNext = nil, nil
+	st.acceptPrev, st.acceptNext, st.backlogged = nil, nil, false
 	s.backlogLen--
 	notify(s.backlogCh)
 }
 
-// forget removes a finished stream from the session's table.
+// forget removes a finished stream from the session: from its table, its
+// backlog and its counts; its memory and deadline timers are released, and
+// the writer drops it once it owes nothing more.
 func (s *Session) forget(st *Stream) {
 	st.mu.Lock()
-	backlogged := st.backlogged
-	st.backlogged = false
+	if st.forgotten {
+		st.mu.Unlock()
+		return
+	}
+	st.forgotten = true
 	wasUnacked := !st.acked
 	st.acked = true
-	slot, lingering := st.slot, st.lingering
-	st.slot, st.lingering = false, false
+	slot := st.slot
+	st.slot = slotNone
 	st.releaseMemory()
-	pendingFIN := st.finQueued && !st.finSent && (st.err == nil || !s.caps.Reset)
-	if !st.needRST && !pendingFIN {
-		st.needSYN, st.needACK, st.needUpdate = false, false, false
-		st.gone.Store(true)
-	}
+	owes := st.owed != 0 || st.owesData()
 	st.mu.Unlock()
-	// A forgotten stream's calls return at once (data, EOF or its error),
-	// so its deadline timers need not stay armed.
-	st.rdl.stop()
-	st.wdl.stop()
+	st.stopDeadlines()
 	s.mu.Lock()
 	if s.streams[st.id] == st {
 		delete(s.streams, st.id)
-		if !st.local {
-			// Counted until its FIN is written: until then it holds
-			// memory a peer that does not read could pile up.
-			s.numIncoming--
-		}
 		if len(s.streams) == 0 {
 			notify(s.idleCh)
 		}
 	}
-	if backlogged {
-		s.unlinkBacklog(st)
-	}
-	if slot {
+	s.unlinkBacklog(st)
+	switch slot {
+	case slotOpen:
 		s.numIncoming--
-	}
-	if lingering {
+	case slotLingering:
 		s.lingering--
 		notify(s.lingerCh)
 	}
@@ -460,6 +516,9 @@ func (s *Session) forget(st *Stream) {
 	s.mu.Unlock()
 	if wasUnacked {
 		notify(s.unackedCh)
+	}
+	if !owes {
+		s.w.sched.remove(st)
 	}
 }
 
@@ -487,7 +546,7 @@ func (s *Session) GoAway() error {
 	if !s.caps.GoAway {
 		return fmt.Errorf("polymux: GoAway on %v: %w (streams the peer opens from now on are refused)", s.proto, errors.ErrUnsupported)
 	}
-	s.w.queueGoAway(wire.CodeNone, last)
+	s.w.sched.goAway(wire.CodeNone, last)
 	return nil
 }
 
@@ -507,16 +566,13 @@ func (s *Session) Shutdown(ctx context.Context) error {
 	s.shutting = true
 	s.mu.Unlock()
 	s.stopAccepting()
-	for s.NumStreams() > 0 {
+	for s.NumStreams() > 0 && !s.IsClosed() {
 		select {
 		case <-s.idleCh:
 		case <-s.closing:
 		case <-ctx.Done():
 			s.Close()
 			return ctx.Err()
-		}
-		if s.IsClosed() {
-			break
 		}
 	}
 	return s.Close()
@@ -573,19 +629,12 @@ func (s *Session) stopAccepting() {
 	last := s.lastPeerID
 	s.mu.Unlock()
 	if s.isDetected() && s.caps.GoAwayKeepsStreams {
-		s.w.queueGoAway(wire.CodeNone, last)
+		s.w.sched.goAway(wire.CodeNone, last)
 	}
 	for _, st := range waiting {
-		st.mu.Lock()
-		if st.err != nil {
-			st.mu.Unlock()
-			continue
+		if st.abort(ErrStreamRefused, true, s.resetCode(wire.CodeRefused)) {
+			s.nRefused.Add(1)
 		}
-		st.resetLocked(wire.CodeRefused, ErrStreamRefused)
-		st.removed = true
-		st.mu.Unlock()
-		s.nRefused.Add(1)
-		s.forget(st)
 	}
 }
 
@@ -620,7 +669,7 @@ func (s *Session) startPing() *pendingPing {
 	if s.ping == nil {
 		s.pingSeq++
 		s.ping = &pendingPing{id: s.pingSeq, start: s.now(), done: make(chan struct{})}
-		s.w.queuePing(s.ping.id)
+		s.w.sched.ping(s.ping.id)
 	}
 	return s.ping
 }
@@ -638,6 +687,44 @@ func (s *Session) pong(id uint32) {
 	s.observeRTT(p.rtt)
 	close(p.done)
 	s.ping = nil
+}
+
+// observeRTT records a round-trip sample. Window tuning uses the least
+// seen: queueing behind bulk data only ever adds to a sample.
+func (s *Session) observeRTT(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	for {
+		old := s.minRTT.Load()
+		if old != 0 && old <= int64(d) {
+			return
+		}
+		if s.minRTT.CompareAndSwap(old, int64(d)) {
+			return
+		}
+	}
+}
+
+// tuningRTT is the least round trip seen, 0 while none is known.
+func (s *Session) tuningRTT() time.Duration { return time.Duration(s.minRTT.Load()) }
+
+// release returns n buffered bytes to the session budget.
+func (s *Session) release(n int) {
+	if n > 0 {
+		s.budget.Release(int64(n))
+		notify(s.budgetCh)
+	}
+}
+
+// resetCode is the code an RST the engine makes for reason carries: the
+// reason's own where the protocol defines codes (muxado), and 0 where the
+// codes belong to the application (yamux), as go-yamux's own resets do.
+func (s *Session) resetCode(reason wire.Code) uint32 {
+	if s.caps.ReasonCodes {
+		return uint32(reason)
+	}
+	return 0
 }
 
 // Done returns a channel closed once the session has ended and all its
@@ -729,7 +816,7 @@ type Stats struct {
 // application never closed are reset after their data (smux, which has no
 // reset, leaves them to the end of the connection), GoAway follows where
 // the protocol has it, and the connection is half-closed and kept open,
-// still reading, until the peer has received it all or the linger ends.
+// still reading, until the peer has it all or the linger ends.
 // Data that arrives meanwhile is discarded. Close returns once the
 // connection is closed and every goroutine of the session has exited; it
 // never blocks longer than the linger, even against a peer that does not
@@ -783,79 +870,22 @@ func (s *Session) end(err error, code wire.Code, graceful bool) {
 		default:
 			s.lingerEnd = now.Add(goAwayWait)
 		}
-		close(s.closing)
-		// Bound a write already stuck on a peer that does not read, and
-		// whatever deadlines cannot bound, such as a write waiting for a
-		// TLS handshake the read loop is stuck in.
-		s.w.limitDeadline(s.lingerEnd)
+		// Bound whatever deadlines cannot bound, such as a write waiting
+		// for a TLS handshake the read loop is stuck in.
 		s.watchdog = time.AfterFunc(time.Until(s.lingerEnd)+goAwayWait, func() { s.conn.Close() })
+		close(s.closing)
+		// Bound a write already stuck on a peer that does not read.
+		s.w.enc.limitDeadline(s.lingerEnd)
+		s.w.ending()
+		s.ka.stop()
+		s.openTimeouts.stop()
+		s.closeTimeouts.stop()
 		if code == wire.CodeNone {
 			s.log.Debug("polymux: session closing", "protocol", s.Protocol(), "reason", err)
 		} else {
 			s.log.Warn("polymux: session closing", "protocol", s.Protocol(), "remote", s.conn.RemoteAddr(), "reason", err)
 		}
 	})
-}
-
-// readLoop reads and dispatches frames until the connection fails or the
-// session ends, then waits for the writer and wakes everything blocked.
-// While the session is ending it goes on reading until the writer closes
-// the connection: a peer blocked writing to us could otherwise not read
-// what we still deliver, and closing a TCP connection with unread data
-// would reset it and lose what the kernel still holds. It discards what it
-// reads once the application has closed the session; after a failed
-// write, say, the frames already on their way (the peer's last data and
-// FINs) are still delivered to the streams.
-func (s *Session) readLoop() {
-	defer s.finish()
-	if !s.isDetected() {
-		if err := s.detect(); err != nil {
-			s.shutdown(err, wire.CodeProtocol)
-			return
-		}
-	}
-	for {
-		f, err := s.codec.ReadFrame(s.br)
-		if err == nil {
-			s.lastRecv.Store(s.now())
-			s.nFramesRecv.Add(1)
-			if s.IsClosed() && s.discard {
-				err = s.skip(f)
-			} else {
-				err = s.handle(f)
-			}
-		}
-		if err != nil {
-			s.readFailed(err)
-			return
-		}
-	}
-}
-
-// readFailed ends the session after a failed frame read or a frame that
-// broke the protocol. The peer closing the connection ends it gracefully:
-// a peer that is itself lingering still reads what we deliver.
-func (s *Session) readFailed(err error) {
-	switch {
-	case s.IsClosed():
-	case errors.Is(err, ErrProtocol):
-		s.shutdown(err, wire.CodeProtocol)
-	case errors.Is(err, wire.ErrProtocol):
-		s.shutdown(fmt.Errorf("%w: %w", ErrProtocol, err), wire.CodeProtocol)
-	case errors.Is(err, io.EOF):
-		s.end(fmt.Errorf("%w: connection closed by peer", ErrSessionClosed), wire.CodeNone, true)
-	default:
-		s.shutdown(fmt.Errorf("%w: read: %w", ErrSessionClosed, err), wire.CodeNone)
-	}
-}
-
-// payloadErr is the error of a failed read inside a frame's payload: the
-// connection ending there cuts the frame short.
-func payloadErr(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
-	}
-	return err
 }
 
 // finish runs when the read loop ends: once the writer has flushed and
@@ -867,6 +897,7 @@ func (s *Session) finish() {
 	<-s.writerDone
 	s.watchdog.Stop()
 	s.conn.Close()
+	s.rd.release()
 	err := s.closedErr()
 	s.mu.Lock()
 	streams := make([]*Stream, 0, len(s.streams))
@@ -880,8 +911,7 @@ func (s *Session) finish() {
 		st.mu.Lock()
 		st.sessionEnded(err)
 		st.mu.Unlock()
-		st.rdl.stop()
-		st.wdl.stop()
+		st.stopDeadlines()
 	}
 	close(s.done)
 }
@@ -890,504 +920,4 @@ func (s *Session) finish() {
 // rule that its frames decoded fine but the engine checks.
 func protocolErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
-}
-
-// handle dispatches one received frame. An error closes the session.
-func (s *Session) handle(f wire.Frame) error {
-	switch f.Type {
-	case wire.TypeData, wire.TypeWindow:
-		return s.handleStream(f)
-	case wire.TypePing:
-		if f.Flags&wire.FlagSYN != 0 {
-			s.w.queuePong(f.Value)
-		} else {
-			s.pong(f.Value)
-		}
-	case wire.TypeGoAway:
-		return s.handleGoAway(f)
-	}
-	return nil
-}
-
-// handleGoAway records that the peer opens no more streams and accepts
-// none of ours. A non-zero code means the peer is ending the session.
-func (s *Session) handleGoAway(f wire.Frame) error {
-	s.mu.Lock()
-	s.remoteGoAway = true
-	var refused []*Stream
-	if s.caps.GoAwayLastID {
-		for id, st := range s.streams {
-			if st.local && id > f.LastID {
-				refused = append(refused, st)
-			}
-		}
-	}
-	s.mu.Unlock()
-	for _, st := range refused {
-		st.mu.Lock()
-		st.fail(ErrStreamRefused)
-		st.mu.Unlock()
-		s.forget(st)
-	}
-	if f.Value != uint32(wire.CodeNone) {
-		// A code means the peer is ending the session.
-		err := error(&SessionError{Code: f.Value, Remote: true})
-		if f.Value == uint32(wire.CodeProtocol) {
-			// Both yamux's and muxado's GoAway define code 1.
-			err = fmt.Errorf("%w: peer reported a protocol error: %w", ErrProtocol, err)
-		}
-		s.shutdown(err, wire.CodeNone)
-	}
-	return nil
-}
-
-// handleStream applies a stream frame: open, acknowledgement, credit,
-// data, half-close and reset, in that order.
-func (s *Session) handleStream(f wire.Frame) error {
-	var st *Stream
-	if f.Flags&wire.FlagSYN != 0 {
-		var err error
-		if st, err = s.incoming(f.Stream); err != nil {
-			return err
-		}
-		if st == nil { // refused, and already answered
-			return s.skip(f)
-		}
-	} else {
-		s.mu.Lock()
-		st = s.streams[f.Stream]
-		s.mu.Unlock()
-	}
-	if st == nil {
-		return s.unknownStream(f)
-	}
-	st.mu.Lock()
-	if f.Flags&wire.FlagACK != 0 && !st.acked {
-		st.acked = true
-		if st.openTimer != nil {
-			st.openTimer.Stop()
-		}
-		s.mu.Lock()
-		s.unacked--
-		s.mu.Unlock()
-		notify(s.unackedCh)
-	}
-	if f.Flags&wire.FlagRST != 0 {
-		st.fail(s.peerResetErr(st, f.Value))
-		st.removed = true
-		st.mu.Unlock()
-		s.forget(st)
-		return s.skip(f)
-	}
-	if f.Type == wire.TypeWindow {
-		if err := st.credit(f); err != nil {
-			st.mu.Unlock()
-			return err
-		}
-	}
-	st.mu.Unlock()
-	if f.Type == wire.TypeData && f.Length > 0 {
-		if err := s.receive(st, f.Length); err != nil {
-			return err
-		}
-	}
-	if f.Flags&wire.FlagFIN != 0 {
-		st.mu.Lock()
-		st.finRecv = true
-		st.freeSlot()
-		s.release(int(st.rwin.Finish()))
-		if st.closed && st.closeTimer != nil {
-			st.closeTimer.Stop()
-		}
-		notify(st.readCh)
-		forget := st.doneLocked()
-		st.mu.Unlock()
-		if forget {
-			s.forget(st)
-		}
-	}
-	return nil
-}
-
-// credit applies a window update to st's send credit. st.mu must be held.
-func (st *Stream) credit(f wire.Frame) error {
-	var err error
-	switch st.sess.caps.Window {
-	case wire.WindowDelta:
-		err = st.swin.Grow(f.Value)
-	case wire.WindowAbsolute:
-		if f.Flags != 0 {
-			return nil // SYN and FIN carry no window: only a plain update does
-		}
-		err = st.swin.Update(f.Value, f.Window)
-	default:
-		return nil
-	}
-	if err != nil {
-		return protocolErr("stream %d: %v", st.id, err)
-	}
-	notify(st.writeCh)
-	return nil
-}
-
-// resetCode is the code an RST the engine makes for reason carries: the
-// reason's own where the protocol defines codes (muxado), and 0 where the
-// codes belong to the application (yamux), as go-yamux's own resets do.
-func (s *Session) resetCode(reason wire.Code) uint32 {
-	if s.caps.ReasonCodes {
-		return uint32(reason)
-	}
-	return 0
-}
-
-// peerResetErr is the error of st once the peer reset it with code: a
-// refusal if st was never acknowledged (yamux) or the code says so
-// (muxado), a plain reset otherwise; either way errors.As finds the code.
-func (s *Session) peerResetErr(st *Stream, code uint32) error {
-	reset := &StreamError{Code: code, Remote: true}
-	refused := st.local && !st.acked
-	if s.caps.ReasonCodes {
-		refused = refused || st.local && (wire.Code(code) == wire.CodeRefused || wire.Code(code) == wire.CodeAcceptFull)
-	}
-	if refused {
-		return &refusedError{reset}
-	}
-	return reset
-}
-
-// skip discards the payload of a data frame nobody will read.
-func (s *Session) skip(f wire.Frame) error {
-	if f.Type != wire.TypeData || f.Length == 0 {
-		return nil
-	}
-	_, err := s.br.Discard(int(f.Length))
-	return payloadErr(err)
-}
-
-// unknownStream handles a frame for a stream that is not open: its data
-// is dropped, and on protocols that expect it the peer is told with RST.
-func (s *Session) unknownStream(f wire.Frame) error {
-	if f.Type == wire.TypeData && f.Length > 0 && s.caps.RejectUnknownData && f.Flags&wire.FlagRST == 0 {
-		s.w.queueRefusal(f.Stream, s.resetCode(wire.CodeStreamClosed))
-	}
-	return s.skip(f)
-}
-
-// incoming creates the stream the peer opens with id, or refuses it. It
-// returns nil (and no error) for a refused stream.
-func (s *Session) incoming(id uint32) (*Stream, error) {
-	peerParity := s.caps.FirstID[1] & 1
-	if !s.client {
-		peerParity = s.caps.FirstID[0] & 1
-	}
-	if id&1 != peerParity {
-		return nil, protocolErr("peer opened stream %d with this side's id parity", id)
-	}
-	mm, err := s.reserveStream()
-	if err != nil {
-		s.refuse(id, wire.CodeRefused, "the memory manager refused it: "+err.Error())
-		return nil, nil
-	}
-	s.mu.Lock()
-	if _, ok := s.streams[id]; ok {
-		s.mu.Unlock()
-		s.releaseStream(mm)
-		return nil, protocolErr("peer reopened live stream %d", id)
-	}
-	s.lastPeerID = max(s.lastPeerID, id)
-	for {
-		wait := s.awaitAccept
-		switch {
-		case s.mustPause():
-		case s.lingering >= s.cfg.MaxIncomingStreams && !s.IsClosed():
-			// As many streams closed both ways wait for their FINs to
-			// be written: wait for the writer, as for replies.
-			wait = s.awaitLinger
-		default:
-			wait = nil
-		}
-		if wait == nil {
-			break
-		}
-		s.mu.Unlock()
-		if !wait() {
-			s.releaseStream(mm)
-			return nil, nil // the session is ending: nothing is owed
-		}
-		s.mu.Lock()
-	}
-	if code := s.refusal(); code != wire.CodeNone {
-		s.mu.Unlock()
-		s.releaseStream(mm)
-		s.refuse(id, code, "past the limits")
-		return nil, nil
-	}
-	st := newStream(s, id, false)
-	st.mm, st.mmHeld = mm, s.mmInitial(mm)
-	st.backlogged = true
-	st.slot = true
-	s.streams[id] = st
-	s.numIncoming++
-	if s.backlogTail == nil {
-		s.backlogHead = st
-	} else {
-		s.backlogTail.acceptNext = st
-		st.acceptPrev = s.backlogTail
-	}
-	s.backlogTail = st
-	s.backlogLen++
-	s.mu.Unlock()
-	if !s.caps.AckOpens && s.caps.Window != wire.WindowNone && st.rwin.UpdateDue(true) {
-		// A window larger than the protocol's default is granted at once
-		// (with yamux, the ACK carries it).
-		st.mu.Lock()
-		st.needUpdate = true
-		s.w.queueCtrl(st)
-		st.mu.Unlock()
-	}
-	s.nAccepted.Add(1)
-	notify(s.acceptCh)
-	return st, nil
-}
-
-// refuse answers a peer's open of id with a refusal it sees (RST, or FIN
-// without RST) and counts it.
-func (s *Session) refuse(id uint32, reason wire.Code, why string) {
-	s.nRefused.Add(1)
-	s.w.queueRefusal(id, s.resetCode(reason))
-	s.log.Debug("polymux: refused stream", "stream", id, "code", reason, "why", why)
-}
-
-// memory priorities of Config.MemoryManager, as go-yamux uses them.
-const (
-	openPriority   = 255 // a stream's initial window: its open fails without it
-	growthPriority = 128 // window growth: denied, the window stays as it is
-)
-
-// reserveStream returns a new stream's memory manager with the initial
-// window reserved from it, or nil without Config.MemoryManager.
-func (s *Session) reserveStream() (MemoryManager, error) {
-	if s.cfg.MemoryManager == nil {
-		return nil, nil
-	}
-	mm, err := s.cfg.MemoryManager()
-	if err != nil {
-		return nil, err
-	}
-	if err := mm.ReserveMemory(int(s.cfg.InitialStreamWindow), openPriority); err != nil {
-		mm.Done()
-		return nil, err
-	}
-	return mm, nil
-}
-
-// releaseStream gives back what reserveStream took, for a stream that is
-// not made after all.
-func (s *Session) releaseStream(mm MemoryManager) {
-	if mm != nil {
-		mm.ReleaseMemory(int(s.cfg.InitialStreamWindow))
-		mm.Done()
-	}
-}
-
-// mmInitial is what reserveStream reserved from mm.
-func (s *Session) mmInitial(mm MemoryManager) int {
-	if mm == nil {
-		return 0
-	}
-	return int(s.cfg.InitialStreamWindow)
-}
-
-// refusal is the code a peer's new stream is refused with, or CodeNone
-// to admit it. Only real limits refuse: this side going away, and
-// MaxIncomingStreams, which counts the streams waiting for Accept. A full
-// backlog refuses only where the opener waits for acknowledgements and so
-// keeps within it unless it ignores the protocol (yamux); muxado streams
-// simply wait, and smux pauses before it gets here (see mustPause). s.mu
-// must be held.
-func (s *Session) refusal() wire.Code {
-	switch {
-	case s.localGoAway || s.IsClosed():
-		return wire.CodeRefused
-	case s.numIncoming >= s.cfg.MaxIncomingStreams:
-		return wire.CodeRefused
-	case s.caps.AckOpens && s.backlogLen >= s.cfg.AcceptBacklog:
-		return wire.CodeAcceptFull
-	}
-	return wire.CodeNone
-}
-
-// mustPause reports whether a new peer stream must wait for the
-// application to accept one first: the backlog is full and the protocol
-// can neither refuse the stream nor make its opener wait (smux). Streams
-// that will be refused anyway do not wait, nor does MaxIncomingStreams
-// ever make the read loop wait: the FINs and data that would free a place
-// sit behind the waiting open. s.mu must be held.
-func (s *Session) mustPause() bool {
-	return !s.caps.Reset && s.backlogLen >= s.cfg.AcceptBacklog && !s.localGoAway && !s.IsClosed()
-}
-
-// awaitLinger waits until the writer has written the FIN of a stream
-// closed both ways, reporting false if the session ends first.
-func (s *Session) awaitLinger() bool {
-	select {
-	case <-s.lingerCh:
-		return true
-	case <-s.closing:
-		return false
-	}
-}
-
-// awaitAccept pauses the read loop until the application accepts a
-// stream, the session stops accepting, or it ends (then false). The pause
-// is this side's choice, so neither keepalive nor WriteTimeout counts it
-// against the peer.
-func (s *Session) awaitAccept() bool {
-	s.paused.Store(true)
-	s.w.holdDeadline(true)
-	defer func() {
-		s.lastRecv.Store(s.now())
-		s.paused.Store(false)
-		s.w.holdDeadline(false)
-	}()
-	select {
-	case <-s.backlogCh:
-		return true
-	case <-s.acceptDone:
-		return true
-	case <-s.closing:
-		return false
-	}
-}
-
-// receive reads n payload bytes of a data frame into st's receive buffer,
-// straight from the connection. Data the application no longer wants is
-// dropped; a window overrun breaks the protocol (or, where the protocol
-// says so, resets the stream); data past the session budget resets the
-// stream, or, where the protocol cannot reset, waits for the application
-// to read.
-func (s *Session) receive(st *Stream, n uint32) error {
-	s.nBytesRecv.Add(uint64(n))
-	windowed := s.caps.Window != wire.WindowNone
-	st.mu.Lock()
-	for {
-		if st.err != nil || st.finRecv {
-			st.mu.Unlock()
-			return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
-		}
-		if windowed && !st.rwin.Fits(n) {
-			if !s.caps.OverrunResets {
-				st.mu.Unlock()
-				return protocolErr("stream %d: %d bytes beyond the receive window", st.id, n)
-			}
-			return s.resetOnReceive(st, n, wire.CodeFlowControl, ErrStreamReset)
-		}
-		if st.updAt != 0 {
-			s.observeRTT(time.Duration(s.now() - st.updAt))
-			st.updAt = 0
-		}
-		if st.readShut {
-			if st.closed && s.caps.Reset {
-				return s.resetOnReceive(st, n, wire.CodeStreamClosed, ErrStreamClosed)
-			}
-			// Dropped on arrival: never charged, but the peer gets its
-			// window back.
-			st.rwin.Receive(n)
-			st.rwin.Read(n)
-			if windowed {
-				st.maybeUpdate(false)
-			} else {
-				st.rwin.Update(true)
-			}
-			st.mu.Unlock()
-			return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
-		}
-		if s.budget.TryAcquire(int64(st.rwin.Charge(n))) {
-			break
-		}
-		if s.caps.Reset {
-			s.log.Warn("polymux: session buffer full, resetting stream", "stream", st.id, "buffered", s.nBuffered.Load())
-			return s.resetOnReceive(st, n, wire.CodeFlowControl, ErrStreamReset)
-		}
-		// Without RST (smux) the only bound is to stop reading the
-		// connection until the application reads: the protocol's own limit.
-		st.mu.Unlock()
-		select {
-		case <-s.budgetCh:
-		case <-s.closing:
-			return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
-		}
-		st.mu.Lock()
-	}
-	st.rwin.Receive(n) // fits: checked above
-	remaining := int(n)
-	for remaining > 0 {
-		dst := st.recv.space(min(remaining, maxChunk))
-		st.filling = true
-		st.mu.Unlock()
-		k, err := io.ReadFull(s.br, dst)
-		st.mu.Lock()
-		st.filling = false
-		st.recv.commit(k)
-		s.nBuffered.Add(int64(k))
-		remaining -= k
-		if err != nil {
-			st.mu.Unlock()
-			return payloadErr(err)
-		}
-		if st.err != nil || st.readShut {
-			// Reset or CloseRead while the payload was read: drop it all.
-			dropped := st.recv.len()
-			st.recv.discard(dropped)
-			if st.err != nil {
-				s.nBuffered.Add(-int64(dropped)) // fail released its budget
-			} else {
-				st.consumed(dropped)
-				st.forgo(remaining)
-			}
-			st.mu.Unlock()
-			return s.skip(wire.Frame{Type: wire.TypeData, Length: uint32(remaining)})
-		}
-		notify(st.readCh)
-	}
-	st.mu.Unlock()
-	return nil
-}
-
-// observeRTT records a round-trip sample. Window tuning uses the least
-// seen: queueing behind bulk data only ever adds to a sample.
-func (s *Session) observeRTT(d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	for {
-		old := s.minRTT.Load()
-		if old != 0 && old <= int64(d) {
-			return
-		}
-		if s.minRTT.CompareAndSwap(old, int64(d)) {
-			return
-		}
-	}
-}
-
-// tuningRTT is the least round trip seen, 0 while none is known.
-func (s *Session) tuningRTT() time.Duration { return time.Duration(s.minRTT.Load()) }
-
-// release returns n buffered bytes to the session budget.
-func (s *Session) release(n int) {
-	if n > 0 {
-		s.budget.Release(int64(n))
-		notify(s.budgetCh)
-	}
-}
-
-// resetOnReceive resets st because of a data frame of n bytes, whose
-// payload is then skipped. st.mu must be held; it is released.
-func (s *Session) resetOnReceive(st *Stream, n uint32, code wire.Code, err error) error {
-	st.resetLocked(code, err)
-	st.removed = true
-	st.mu.Unlock()
-	s.forget(st)
-	return s.skip(wire.Frame{Type: wire.TypeData, Length: n})
 }

@@ -2,10 +2,8 @@ package polymux
 
 import (
 	"io"
-	"math"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/polymux/polymux/internal/flow"
@@ -17,80 +15,107 @@ import (
 // peer's window, so a stream whose peer stops reading costs at most this.
 const streamSendBuffer = 256 << 10
 
+// recvState is how far a stream's reading half has got.
+type recvState uint8
+
+const (
+	recvOpen recvState = iota // data arrives and is read
+	recvEOF                   // the peer sent FIN: what is buffered is read, then io.EOF
+	recvShut                  // CloseRead before the peer's FIN: what arrives is dropped
+	recvDone                  // both: nothing more arrives, nothing is read
+)
+
+// fin reports whether the peer has sent its FIN.
+func (r recvState) fin() bool { return r == recvEOF || r == recvDone }
+
+// shut reports whether this side reads no more.
+func (r recvState) shut() bool { return r == recvShut || r == recvDone }
+
+// sendState is how far a stream's writing half has got.
+type sendState uint8
+
+const (
+	sendOpen    sendState = iota // Write goes on
+	sendClosing                  // CloseWrite or Close: the FIN follows the queued data
+	sendDone                     // the FIN is handed to the writer
+)
+
+// owedFrames are the control frames a stream owes the peer; the writer
+// asks for them (popControl) ahead of any data.
+type owedFrames uint8
+
+const (
+	owedSYN    owedFrames = 1 << iota // this side's open (it goes in order with data)
+	owedACK                           // the acknowledgement of the peer's accepted open (yamux)
+	owedUpdate                        // receive window to grant
+	owedRST                           // the reset, once aborted (see abort)
+)
+
+// slotState is a peer-opened stream's place among MaxIncomingStreams.
+type slotState uint8
+
+const (
+	slotNone      slotState = iota // this side opened it, or it was forgotten
+	slotOpen                       // open: counts toward MaxIncomingStreams
+	slotLingering                  // closed both ways, its FIN not yet written (see freeSlot)
+)
+
 // Stream is one bidirectional byte stream of a Session. It implements
 // net.Conn. Read and Write may be called concurrently with each other and
 // with every other method; concurrent Reads (or Writes) are safe but their
 // interleaving is unspecified, as with any net.Conn.
+//
+// A stream owns its lifecycle: the session's read loop hands it the
+// frames addressed to it (onFrame), the writer asks it for the frames it
+// owes (popControl, popData), and abort is the one way it ends early.
 type Stream struct {
 	sess  *Session
 	id    uint32
 	local bool // opened by this side
 
-	readCh  chan struct{} // signalled when data, EOF or an error arrives
-	writeCh chan struct{} // signalled when credit or send-buffer room frees up
-	rdl     deadline
-	wdl     deadline
+	mu        sync.Mutex // guards every field below up to the backlog links
+	in        recvState
+	out       sendState
+	owed      owedFrames
+	slot      slotState
+	closed    bool  // Close was called: Read and Write fail with ErrStreamClosed
+	acked     bool  // the peer acknowledged this side's open, or none is needed
+	forgotten bool  // out of the session's table; what it owes may still be written
+	err       error // terminal: reset, refused, or the session ended
+	rstCode   uint32
+	updAt     int64 // sess.now() of a window update sent while the peer had no credit
+	closedAt  int64 // sess.now() at Close, which the close timeout checks
+	recv      byteQueue
+	rwin      flow.Recv
+	send      byteQueue
+	inflight  int // leading bytes of send handed to the writer, not yet written
+	swin      flow.Send
+	rwait     waiter     // Reads waiting for data
+	wwait     waiter     // Writes waiting for credit or room
+	dl        *deadlines // nil until a deadline is first set
+	mem       *streamMemory
 
-	mu         sync.Mutex // guards every field below
-	recv       byteQueue  // received, unread
-	rwin       flow.Recv
-	filling    bool // the read loop is writing into recv's tail without mu
-	finRecv    bool // the peer sends no more data
-	readShut   bool // CloseRead or Close: arriving data is dropped
-	send       byteQueue
-	inflight   int // leading bytes of send handed to the writer, not yet written
-	swin       flow.Send
-	finQueued  bool // CloseWrite or Close: FIN follows the queued data
-	finSent    bool // FIN handed to the writer
-	closed     bool // Close was called
-	needSYN    bool
-	needACK    bool
-	needUpdate bool
-	needRST    bool
-	rstCode    uint32 // the code the RST carries
-	updAt      int64  // sess.now() of a window update sent while the peer had no credit
-	acked      bool   // the peer acknowledged this side's open, or none is needed
-	err        error  // terminal: reset, refused, or the session ended
-	removed    bool   // forgotten by the session
-	backlogged bool   // waiting in the session's accept backlog
-	// A peer-opened stream counts toward MaxIncomingStreams (slot) until
-	// both ends have closed it; then, until its FIN is written and it is
-	// forgotten, among the session's lingering streams (see freeSlot).
-	slot, lingering bool
-	openTimer       *time.Timer
-	closeTimer      *time.Timer
-	mm              MemoryManager // nil without Config.MemoryManager, or once released
-	mmHeld          int           // bytes reserved from mm
-
-	// Guarded by sess.mu: links of the accept backlog.
+	// Guarded by Session.mu: the accept backlog.
+	backlogged             bool
 	acceptPrev, acceptNext *Stream
-	// Guarded by sess.w.mu: membership of the writer's queues.
-	inCtrl, inData bool
-	// gone: forgotten by the session with nothing left to send, so the
-	// writer's queues may drop it.
-	gone atomic.Bool
+}
+
+// streamMemory is what a stream reserved from Config.MemoryManager.
+type streamMemory struct {
+	mm   MemoryManager
+	held int
 }
 
 func newStream(sess *Session, id uint32, local bool) *Stream {
-	c := sess.caps
-	rwin := flow.NewRecv(sess.cfg.InitialStreamWindow, c.InitialWindow)
-	if c.Window == wire.WindowNone {
-		// No window on the wire: only the session budget bounds the data.
-		rwin = flow.NewRecv(math.MaxUint32, math.MaxUint32)
-	}
-	rwin.StartEpoch(time.Duration(sess.now()))
 	st := &Stream{
-		sess:    sess,
-		id:      id,
-		local:   local,
-		readCh:  make(chan struct{}, 1),
-		writeCh: make(chan struct{}, 1),
-		rdl:     makeDeadline(),
-		wdl:     makeDeadline(),
-		rwin:    rwin,
-		swin:    flow.NewSend(c.InitialWindow),
-		acked:   !local || !c.AckOpens,
+		sess:  sess,
+		id:    id,
+		local: local,
+		rwin:  flow.NewRecvFor(sess.window, sess.cfg.InitialStreamWindow, sess.caps.InitialWindow),
+		swin:  flow.NewSendFor(sess.window, sess.caps.InitialWindow),
+		acked: !local || !sess.caps.AckOpens,
 	}
+	st.rwin.StartEpoch(time.Duration(sess.now()))
 	return st
 }
 
@@ -106,68 +131,91 @@ func (s *Stream) LocalAddr() net.Addr { return s.sess.LocalAddr() }
 // RemoteAddr returns the remote address of the session's connection.
 func (s *Stream) RemoteAddr() net.Addr { return s.sess.RemoteAddr() }
 
+// readDeadline and writeDeadline are nil until a deadline is first set.
+// s.mu must be held.
+func (s *Stream) readDeadline() *deadline {
+	if s.dl == nil {
+		return nil
+	}
+	return &s.dl.read
+}
+
+func (s *Stream) writeDeadline() *deadline {
+	if s.dl == nil {
+		return nil
+	}
+	return &s.dl.write
+}
+
 // Read reads data the peer sent. It returns io.EOF once the peer has
-// closed its side and every byte was read, ErrStreamReset after a reset,
-// and an error matching ErrTimeout when the read deadline passes. Bytes
-// that arrived before the session ended can still be read after it ended.
-func (s *Stream) Read(p []byte) (int, error) {
+// closed its side and every byte was read, an error matching
+// ErrStreamReset after a reset (a *StreamError with its code), and an
+// error matching ErrTimeout when the read deadline passes. Bytes that
+// arrived before the session ended can still be read after it ended.
+func (s *Stream) Read(p []byte) (n int, err error) {
+	s.mu.Lock()
+	waiting := false
+	defer func() {
+		if waiting {
+			s.rwait.done()
+		}
+		s.mu.Unlock()
+	}()
 	ended := false // the session ended: return what is buffered, then its error
 	for {
-		s.mu.Lock()
 		if s.closed {
-			s.mu.Unlock()
 			return 0, ErrStreamClosed
 		}
-		if s.rdl.expired() {
+		dl := s.readDeadline()
+		if dl != nil && dl.expired() {
 			// As with net.Conn: a passed deadline fails even with data
 			// waiting, which stays readable once the deadline moves.
-			s.mu.Unlock()
 			return 0, ErrTimeout
 		}
 		if s.recv.len() > 0 {
 			if len(p) == 0 {
-				s.mu.Unlock()
 				return 0, nil
 			}
 			n := s.recv.read(p)
 			s.consumed(n)
-			more := s.recv.len() > 0
-			s.mu.Unlock()
-			if more {
-				notify(s.readCh) // let a concurrent reader take the rest
+			if s.recv.len() > 0 {
+				s.rwait.wake() // let a concurrent reader take the rest
 			}
 			return n, nil
 		}
-		var err error
 		switch {
-		case s.finRecv || s.readShut:
-			err = io.EOF
+		case s.in != recvOpen:
+			return 0, io.EOF
 		case s.err != nil:
-			err = s.err
+			return 0, s.err
 		case ended:
-			err = s.sess.closedErr()
-		}
-		s.mu.Unlock()
-		if err != nil {
-			return 0, err
-		}
-		if len(p) == 0 {
+			return 0, s.sess.closedErr()
+		case len(p) == 0:
 			return 0, nil
 		}
-		// Once the session ends, nothing more arrives, unless its read
-		// loop still delivers what was on its way (an end the application
-		// did not ask for, such as a failed write): then wait for that.
+		if !waiting {
+			waiting = true
+			s.rwait.start()
+		}
+		ch := s.rwait.ch
+		// Once the session ends nothing more arrives, unless its read
+		// loop still delivers what was on its way (an end the
+		// application did not ask for, such as a failed write): then
+		// wait for that.
 		ending := s.sess.closing
 		if s.sess.IsClosed() && !s.sess.discard {
 			ending = s.sess.readDone
 		}
+		s.mu.Unlock()
 		select {
-		case <-s.readCh:
-		case <-s.rdl.wait():
+		case <-ch:
+		case <-waitCh(dl):
+			s.mu.Lock()
 			return 0, ErrTimeout
 		case <-ending:
 			ended = ending == s.sess.readDone || s.sess.discard
 		}
+		s.mu.Lock()
 	}
 }
 
@@ -188,27 +236,29 @@ func (s *Stream) forgo(n int) {
 	refund := s.rwin.Refund(uint32(n))
 	s.rwin.Read(uint32(n))
 	s.sess.release(int(refund))
-	if s.sess.caps.Window == wire.WindowNone {
-		s.rwin.Update(true) // nothing to tell the peer
-		return
-	}
-	if !s.finRecv && s.err == nil {
+	if !s.in.fin() && s.err == nil {
 		s.maybeUpdate(false)
 	}
 }
 
-// maybeUpdate queues a window update if one is due (or, with force, if any
-// credit is owed), growing the window first if it limits throughput. s.mu
-// must be held.
+// maybeUpdate owes the peer a window update if one is due (or, with force,
+// if any credit is owed), growing the window first if it limits
+// throughput. s.mu must be held.
 func (s *Stream) maybeUpdate(force bool) {
-	if s.needUpdate || !s.rwin.UpdateDue(force) {
+	if s.owed&owedUpdate != 0 || !s.rwin.UpdateDue(force) {
 		return
 	}
-	if !s.readShut {
+	if !s.in.shut() {
 		s.tune()
 	}
-	s.needUpdate = true
-	s.sess.w.queueCtrl(s)
+	s.owe(owedUpdate)
+}
+
+// owe records a control frame the stream owes the peer and tells the
+// writer. s.mu must be held.
+func (s *Stream) owe(f owedFrames) {
+	s.owed |= f
+	s.sess.w.sched.pushControl(s)
 }
 
 // tune runs one epoch of receive-window auto-tuning. With no round trip
@@ -225,7 +275,7 @@ func (s *Stream) tune() {
 		sess.startPing()
 	}
 	var reserve func(uint32) bool
-	if s.mm != nil {
+	if s.mem != nil {
 		reserve = s.reserveGrowth
 	}
 	s.rwin.TuneWith(time.Duration(sess.now()), rtt, max, sess.budget, reserve)
@@ -234,22 +284,22 @@ func (s *Stream) tune() {
 // reserveGrowth asks the memory manager for grow bytes of window growth.
 // s.mu must be held.
 func (s *Stream) reserveGrowth(grow uint32) bool {
-	if s.mm.ReserveMemory(int(grow), growthPriority) != nil {
+	if s.mem.mm.ReserveMemory(int(grow), growthPriority) != nil {
 		return false
 	}
-	s.mmHeld += int(grow)
+	s.mem.held += int(grow)
 	return true
 }
 
 // releaseMemory gives back everything the stream reserved from its memory
 // manager and ends its accounting, once. s.mu must be held.
 func (s *Stream) releaseMemory() {
-	if s.mm == nil {
+	if s.mem == nil {
 		return
 	}
-	s.mm.ReleaseMemory(s.mmHeld)
-	s.mm.Done()
-	s.mm, s.mmHeld = nil, 0
+	s.mem.mm.ReleaseMemory(s.mem.held)
+	s.mem.mm.Done()
+	s.mem = nil
 }
 
 // ReceiveWindow returns the stream's current receive window: how many
@@ -257,55 +307,55 @@ func (s *Stream) releaseMemory() {
 // auto-tuning up to Config.MaxStreamWindow; 0 where the protocol has no
 // windows (smux v1).
 func (s *Stream) ReceiveWindow() uint32 {
-	if s.sess.caps.Window == wire.WindowNone {
-		return 0
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.rwin.Window()
+	return s.rwin.Advertised()
 }
 
 // Write writes p to the stream. It returns once every byte is accepted:
 // copied into the stream's send buffer within the peer's window, from
-// where it is delivered unless the stream is reset or the session dies.
-// It blocks while the window or the buffer is full. On a deadline it
-// returns the n < len(p) bytes accepted so far with an error matching
-// ErrTimeout; nothing past n is ever sent, so writing p[n:] later neither
-// duplicates nor reorders data.
-func (s *Stream) Write(p []byte) (int, error) {
-	n := 0
+// where it is delivered unless the stream is reset or the session dies
+// (Session.Close delivers it first, within Config.CloseLinger). It blocks
+// while the window or the buffer is full. On a deadline it returns the
+// n < len(p) bytes accepted so far with an error matching ErrTimeout;
+// nothing past n is ever sent, so writing p[n:] later neither duplicates
+// nor reorders data.
+func (s *Stream) Write(p []byte) (n int, err error) {
+	s.mu.Lock()
+	waiting := false
+	defer func() {
+		if waiting {
+			s.wwait.done()
+		}
+		s.mu.Unlock()
+	}()
 	for {
-		s.mu.Lock()
 		if err := s.writeErr(); err != nil {
-			s.mu.Unlock()
 			return n, err
 		}
 		if n == len(p) {
-			s.mu.Unlock()
 			return n, nil
 		}
-		room := streamSendBuffer - s.send.len()
-		if s.sess.caps.Window != wire.WindowNone {
-			room = min(room, int(s.swin.Avail()))
-		}
-		if room > 0 {
+		if room := min(streamSendBuffer-s.send.len(), int(s.swin.Avail())); room > 0 {
 			k := min(room, len(p)-n)
 			s.send.write(p[n : n+k])
-			if s.sess.caps.Window != wire.WindowNone {
-				s.swin.Spend(uint32(k))
-			}
+			s.swin.Spend(uint32(k))
 			n += k
-			s.sess.w.queueData(s)
-			s.mu.Unlock()
+			s.sess.w.sched.pushData(s)
 			continue
 		}
+		if !waiting {
+			waiting = true
+			s.wwait.start()
+		}
+		ch, dl := s.wwait.ch, s.writeDeadline()
 		s.mu.Unlock()
 		select {
-		case <-s.writeCh:
-		case <-s.wdl.wait():
-			return n, ErrTimeout
+		case <-ch:
+		case <-waitCh(dl):
 		case <-s.sess.closing:
 		}
+		s.mu.Lock()
 	}
 }
 
@@ -316,18 +366,19 @@ func (s *Stream) writeErr() error {
 		return ErrStreamClosed
 	case s.err != nil:
 		return s.err
-	case s.finQueued:
+	case s.out != sendOpen:
 		return ErrWriteClosed
 	case s.sess.IsClosed():
 		return s.sess.closedErr()
-	case s.wdl.expired():
+	}
+	if dl := s.writeDeadline(); dl != nil && dl.expired() {
 		return ErrTimeout
 	}
 	return nil
 }
 
 // CloseWrite half-closes the stream: everything written is delivered (see
-// Close), then the peer reads io.EOF. Reading goes on. It never blocks.
+// Write), then the peer reads io.EOF. Reading goes on. It never blocks.
 func (s *Stream) CloseWrite() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -336,14 +387,20 @@ func (s *Stream) CloseWrite() error {
 		return ErrStreamClosed
 	case s.err != nil:
 		return s.err
-	case s.finQueued:
-		return nil
 	}
-	s.finQueued = true
-	s.freeSlot()
-	s.sess.w.queueData(s)
-	notify(s.writeCh)
+	s.closeWrite()
 	return nil
+}
+
+// closeWrite queues the FIN after the data. s.mu must be held.
+func (s *Stream) closeWrite() {
+	if s.out != sendOpen {
+		return
+	}
+	s.out = sendClosing
+	s.freeSlot()
+	s.sess.w.sched.pushData(s)
+	s.wwait.wake()
 }
 
 // CloseRead stops reading: buffered data is dropped and its memory freed,
@@ -359,18 +416,22 @@ func (s *Stream) CloseRead() error {
 	return nil
 }
 
-// shutRead drops buffered data and marks the read side shut. It reports how
+// shutRead drops buffered data and shuts the reading half. It reports how
 // many unread bytes were dropped. s.mu must be held.
 func (s *Stream) shutRead() int {
-	if s.readShut {
+	switch s.in {
+	case recvOpen:
+		s.in = recvShut
+	case recvEOF:
+		s.in = recvDone
+	default:
 		return 0
 	}
-	s.readShut = true
 	n := s.recv.len()
 	s.recv.discard(n)
 	s.consumed(n)
 	s.sess.release(int(s.rwin.Finish()))
-	notify(s.readCh)
+	s.rwait.wake()
 	return n
 }
 
@@ -389,28 +450,23 @@ func (s *Stream) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.closedAt = s.sess.now()
+	unread := false
 	if s.err == nil {
-		if !s.finQueued {
-			s.finQueued = true
-			s.freeSlot()
-			s.sess.w.queueData(s)
-		}
-		if dropped := s.shutRead(); dropped > 0 && s.sess.caps.Reset {
-			s.resetLocked(wire.CodeStreamClosed, ErrStreamClosed)
-		} else if !s.finRecv && s.sess.cfg.StreamCloseTimeout > 0 {
-			s.closeTimer = time.AfterFunc(s.sess.cfg.StreamCloseTimeout, s.closeTimedOut)
+		s.closeWrite()
+		unread = s.shutRead() > 0 && s.sess.caps.Reset
+		if !unread && !s.in.fin() {
+			s.sess.closeTimeouts.add(s.id, s.closedAt)
 		}
 	}
-	notify(s.readCh)
-	notify(s.writeCh)
-	forget := s.doneLocked()
+	s.rwait.wake()
+	s.wwait.wake()
 	s.mu.Unlock()
-	// Every call on a closed stream returns at once: no deadline is needed.
-	s.rdl.stop()
-	s.wdl.stop()
-	if forget {
-		s.sess.forget(s)
+	if unread {
+		s.abort(ErrStreamClosed, true, s.sess.resetCode(wire.CodeStreamClosed))
+		return nil
 	}
+	s.settle()
 	return nil
 }
 
@@ -427,60 +483,41 @@ func (s *Stream) Reset() error { return s.ResetWithError(0) }
 // field of the RST) on yamux, and in the RST on muxado. smux has no codes:
 // there it resets (sends FIN) without one and returns nil.
 func (s *Stream) ResetWithError(code uint32) error {
-	s.mu.Lock()
-	if s.err != nil {
-		s.mu.Unlock()
-		return nil
-	}
-	s.resetWith(code, &StreamError{Code: code})
-	s.mu.Unlock()
-	s.sess.forget(s)
+	s.abort(&StreamError{Code: code}, true, code)
 	return nil
 }
 
-// resetLocked ends the stream with err, telling the peer with RST (or FIN
-// where the protocol has no RST). The caller must forget the stream after
-// releasing s.mu. s.mu must be held.
-func (s *Stream) resetLocked(reason wire.Code, err error) {
-	s.resetWith(s.sess.resetCode(reason), err)
-}
-
-// resetWith is resetLocked with the code the RST carries. s.mu must be held.
-func (s *Stream) resetWith(code uint32, err error) {
+// abort is the one way a stream ends before both sides have closed it.
+// err becomes the error of every call from now on, what the stream held is
+// dropped, and, if tell, the peer learns of it: RST with code where the
+// protocol has it, FIN otherwise (decided by abortFrame), once the
+// peer knows of the stream at all. Then the session forgets the stream.
+// It reports false if the stream had already ended.
+func (s *Stream) abort(err error, tell bool, code uint32) bool {
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return false
+	}
 	s.fail(err)
-	if s.sess.caps.Reset {
-		s.needRST = true
-		s.rstCode = code
-		s.sess.w.queueCtrl(s)
-	} else if !s.finSent {
-		s.finQueued = true
-		s.sess.w.queueData(s)
+	if tell && s.owed&owedSYN == 0 {
+		if s.sess.caps.Reset {
+			s.rstCode = code
+			s.owe(owedRST)
+		} else if s.out != sendDone {
+			s.out = sendClosing
+			s.sess.w.sched.pushData(s)
+		}
 	}
+	s.owed &^= owedSYN | owedACK | owedUpdate
+	s.mu.Unlock()
+	s.sess.forget(s)
+	return true
 }
 
-// freeSlot gives back the stream's place among MaxIncomingStreams once both
-// ends have closed it, even while its FIN waits to be written, which
-// depends only on the writer: it then counts among the session's
-// lingering streams, which are bounded apart (see Session.incoming).
-// s.mu must be held.
-func (s *Stream) freeSlot() {
-	if !s.slot || !s.finQueued || !s.finRecv || s.err != nil {
-		return
-	}
-	s.slot, s.lingering = false, true
-	sess := s.sess
-	sess.mu.Lock()
-	sess.numIncoming--
-	sess.lingering++
-	sess.mu.Unlock()
-}
-
-// fail makes err the stream's terminal error and drops what it buffered.
+// fail makes err the stream's terminal error and drops what it holds.
 // s.mu must be held.
 func (s *Stream) fail(err error) {
-	if s.err != nil {
-		return
-	}
 	s.err = err
 	n := s.recv.len()
 	s.recv.discard(n)
@@ -489,9 +526,19 @@ func (s *Stream) fail(err error) {
 	if s.inflight == 0 {
 		s.send.discard(s.send.len())
 	}
-	s.stopTimers()
-	notify(s.readCh)
-	notify(s.writeCh)
+	s.rwait.wake()
+	s.wwait.wake()
+}
+
+// settle forgets the stream once both sides have closed it and its FIN is
+// with the writer.
+func (s *Stream) settle() {
+	s.mu.Lock()
+	done := s.err == nil && s.out == sendDone && s.in.fin()
+	s.mu.Unlock()
+	if done {
+		s.sess.forget(s)
+	}
 }
 
 // sessionEnded gives the stream the session's error, keeping what it
@@ -501,82 +548,105 @@ func (s *Stream) sessionEnded(err error) {
 	if s.err == nil {
 		s.err = err
 	}
-	s.releaseMemory()
 	s.send.discard(s.send.len())
 	s.inflight = 0
-	s.stopTimers()
-	notify(s.readCh)
-	notify(s.writeCh)
+	s.releaseMemory()
+	s.rwait.wake()
+	s.wwait.wake()
 }
 
-func (s *Stream) stopTimers() {
-	if s.openTimer != nil {
-		s.openTimer.Stop()
+// freeSlot gives back the stream's place among MaxIncomingStreams once both
+// ends have closed it, even while its FIN waits to be written, which
+// depends only on the writer: it then counts among the session's
+// lingering streams, which are bounded apart (see Session.incoming).
+// s.mu must be held.
+func (s *Stream) freeSlot() {
+	if s.slot != slotOpen || s.out == sendOpen || !s.in.fin() || s.err != nil {
+		return
 	}
-	if s.closeTimer != nil {
-		s.closeTimer.Stop()
-	}
-}
-
-// doneLocked reports whether the stream just finished and must be
-// forgotten by the session: reset, or closed in both directions. s.mu must
-// be held.
-func (s *Stream) doneLocked() bool {
-	if s.removed {
-		return false
-	}
-	if s.err != nil || (s.finSent && s.finRecv) {
-		s.removed = true
-		return true
-	}
-	return false
+	s.slot = slotLingering
+	sess := s.sess
+	sess.mu.Lock()
+	sess.numIncoming--
+	sess.lingering++
+	sess.mu.Unlock()
 }
 
 // openTimedOut resets a stream whose open the peer never acknowledged.
 func (s *Stream) openTimedOut() {
 	s.mu.Lock()
-	if s.acked || s.err != nil {
-		s.mu.Unlock()
-		return
-	}
-	s.resetLocked(wire.CodeNone, ErrOpenTimeout)
+	pending := !s.acked
 	s.mu.Unlock()
-	s.sess.log.Debug("polymux: stream open timed out", "stream", s.id)
-	s.sess.forget(s)
+	if pending && s.abort(ErrOpenTimeout, true, s.sess.resetCode(wire.CodeNone)) {
+		s.sess.log.Debug("polymux: stream open timed out", "stream", s.id)
+	}
 }
 
-// closeTimedOut resets a closed stream whose peer never closed its side.
-func (s *Stream) closeTimedOut() {
+// closeTimedOut resets a stream closed at closedAt whose peer never closed
+// its side.
+func (s *Stream) closeTimedOut(closedAt int64) {
 	s.mu.Lock()
-	if s.err != nil || s.finRecv {
-		s.mu.Unlock()
-		return
-	}
-	s.resetLocked(wire.CodeNone, ErrStreamClosed)
+	pending := s.closedAt == closedAt && !s.in.fin()
 	s.mu.Unlock()
-	s.sess.log.Debug("polymux: stream close timed out", "stream", s.id)
-	s.sess.forget(s)
+	if pending && s.abort(ErrStreamClosed, true, s.sess.resetCode(wire.CodeNone)) {
+		s.sess.log.Debug("polymux: stream close timed out", "stream", s.id)
+	}
+}
+
+// stopDeadlines releases the deadline timers, if any: a forgotten stream's
+// calls return at once. A deadline that passed stays passed.
+func (s *Stream) stopDeadlines() {
+	s.mu.Lock()
+	dl := s.dl
+	s.mu.Unlock()
+	if dl != nil {
+		dl.read.stop()
+		dl.write.stop()
+	}
+}
+
+// deadlinesFor returns the stream's deadlines, making them on first use.
+func (s *Stream) deadlinesFor() *deadlines {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dl == nil {
+		s.dl = newDeadlines()
+	}
+	return s.dl
 }
 
 // SetDeadline sets both the read and the write deadline.
 func (s *Stream) SetDeadline(t time.Time) error {
-	s.rdl.set(t)
-	s.wdl.set(t)
+	dl := s.deadlinesFor()
+	dl.read.set(t)
+	dl.write.set(t)
+	s.wakeAll()
 	return nil
 }
 
 // SetReadDeadline sets the deadline for pending and future Reads; the zero
 // time clears it.
 func (s *Stream) SetReadDeadline(t time.Time) error {
-	s.rdl.set(t)
+	s.deadlinesFor().read.set(t)
+	s.wakeAll()
 	return nil
 }
 
 // SetWriteDeadline sets the deadline for pending and future Writes; the
 // zero time clears it.
 func (s *Stream) SetWriteDeadline(t time.Time) error {
-	s.wdl.set(t)
+	s.deadlinesFor().write.set(t)
+	s.wakeAll()
 	return nil
+}
+
+// wakeAll makes waiting calls look at their deadlines again: one that was
+// set while they waited.
+func (s *Stream) wakeAll() {
+	s.mu.Lock()
+	s.rwait.wake()
+	s.wwait.wake()
+	s.mu.Unlock()
 }
 
 var _ net.Conn = (*Stream)(nil)

@@ -193,3 +193,41 @@ func TestBudgetKeepsAQuarterFromReservations(t *testing.T) {
 		t.Fatal("data could not use the last quarter")
 	}
 }
+
+func TestModeNoneHasNoWindowAtAll(t *testing.T) {
+	s := NewSendFor(ModeNone, 256<<10)
+	s.Spend(1 << 30)
+	if s.Avail() != math.MaxUint32 || s.Apply(1, 2) != nil {
+		t.Fatalf("a send side without windows ran out of credit: %d", s.Avail())
+	}
+	r := NewRecvFor(ModeNone, 256<<10, 256<<10)
+	for range 3 {
+		if !r.Fits(1<<30) || r.Receive(1<<30) != nil {
+			t.Fatal("a receive side without windows refused data")
+		}
+		r.Read(1 << 30)
+	}
+	if r.UpdateDue(true) || r.Advertised() != 0 {
+		t.Fatal("a receive side without windows owes the peer an update")
+	}
+	if _, _, ok := r.Grant(true); ok {
+		t.Fatal("a receive side without windows granted credit")
+	}
+}
+
+func TestGrantSpeaksEachModesUpdate(t *testing.T) {
+	for _, m := range []Mode{ModeDelta, ModeAbsolute} {
+		r := NewRecvFor(m, 256<<10, 256<<10)
+		r.Receive(200 << 10)
+		r.Read(200 << 10)
+		v, w, ok := r.Grant(false)
+		switch {
+		case !ok:
+			t.Fatalf("mode %d: no grant after reading more than half the window", m)
+		case m == ModeDelta && (v != 200<<10 || w != 0):
+			t.Fatalf("delta grant (%d, %d), want (200 KiB, 0)", v, w)
+		case m == ModeAbsolute && (v != 200<<10 || w != 256<<10):
+			t.Fatalf("absolute grant (%d, %d), want (consumed 200 KiB, window 256 KiB)", v, w)
+		}
+	}
+}

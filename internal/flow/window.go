@@ -21,24 +21,62 @@ var ErrOverrun = errors.New("data exceeds the receive window")
 // consumed than were ever sent.
 var ErrConsumed = errors.New("peer consumed more than was sent")
 
+// Mode is how a protocol does per-stream flow control. With ModeNone there
+// are no per-stream windows: a Send never runs out of credit, a Recv
+// never grants any, and only the session Budget bounds what arrives.
+type Mode uint8
+
+const (
+	ModeDelta    Mode = iota // updates carry an increment (yamux, muxado)
+	ModeAbsolute             // updates carry (consumed, window) totals (smux v2)
+	ModeNone                 // no per-stream windows (smux v1)
+)
+
 // Send is the credit this side may still spend on one stream: bytes the
 // peer has agreed to receive that are not yet accepted for sending. Its
 // zero value has no credit. Not safe for concurrent use.
 type Send struct {
+	mode     Mode
 	avail    uint32 // credit left
 	accepted uint32 // total bytes spent, mod 2^32 (absolute windows)
 }
 
-// NewSend returns credit for a stream whose peer starts with window bytes.
-func NewSend(window uint32) Send { return Send{avail: window} }
+// NewSend returns credit for a stream whose peer starts with window bytes
+// and sends delta updates.
+func NewSend(window uint32) Send { return NewSendFor(ModeDelta, window) }
+
+// NewSendFor returns credit for a stream of a protocol with the given
+// mode whose peer starts with window bytes.
+func NewSendFor(mode Mode, window uint32) Send {
+	if mode == ModeNone {
+		window = math.MaxUint32
+	}
+	return Send{mode: mode, avail: window}
+}
 
 // Avail is the credit left.
 func (s *Send) Avail() uint32 { return s.avail }
 
 // Spend takes n bytes of credit; n must not exceed Avail.
 func (s *Send) Spend(n uint32) {
+	if s.mode == ModeNone {
+		return
+	}
 	s.avail -= n
 	s.accepted += n
+}
+
+// Apply applies a window update as the mode reads it: value is an
+// increment (ModeDelta), or with window the peer's consumed and window
+// totals (ModeAbsolute); ModeNone has no updates to apply.
+func (s *Send) Apply(value, window uint32) error {
+	switch s.mode {
+	case ModeDelta:
+		return s.Grow(value)
+	case ModeAbsolute:
+		return s.Update(value, window)
+	}
+	return nil
 }
 
 // Grow adds a delta window update. An update that would overflow 32 bits
@@ -77,6 +115,7 @@ func (s *Send) Update(consumed, window uint32) error {
 // exceeds that reservation. A stream therefore holds
 // max(buffered, window-initial) of the budget; Held reports it.
 type Recv struct {
+	mode       Mode
 	window     uint32 // bytes this side promises to hold for the stream
 	base       uint32 // the protocol's initial window: never reserved
 	credit     uint32 // bytes the peer may send before the next update
@@ -92,11 +131,19 @@ type Recv struct {
 // window). window must be at least assumed; the difference is owed to the
 // peer as an initial update (see Update). The starting window is never
 // charged to the budget for reservation: buffered bytes are.
-func NewRecv(window, assumed uint32) Recv {
+func NewRecv(window, assumed uint32) Recv { return NewRecvFor(ModeDelta, window, assumed) }
+
+// NewRecvFor is NewRecv for a protocol with the given mode. With ModeNone
+// the window is unlimited and never granted: only the budget bounds what
+// the stream holds.
+func NewRecvFor(mode Mode, window, assumed uint32) Recv {
+	if mode == ModeNone {
+		window, assumed = math.MaxUint32, math.MaxUint32
+	}
 	if window < assumed {
 		window = assumed
 	}
-	return Recv{window: window, base: window, credit: assumed, pending: window - assumed}
+	return Recv{mode: mode, window: window, base: window, credit: assumed, pending: window - assumed}
 }
 
 // reserved is the window growth held in the budget.
@@ -138,6 +185,14 @@ func (r *Recv) Held() uint32 { return r.reserved() + r.over(r.buffered) }
 // Window is the window size.
 func (r *Recv) Window() uint32 { return r.window }
 
+// Advertised is the window the peer is told of: 0 with ModeNone.
+func (r *Recv) Advertised() uint32 {
+	if r.mode == ModeNone {
+		return 0
+	}
+	return r.window
+}
+
 // Buffered is the number of bytes received and not yet read.
 func (r *Recv) Buffered() uint32 { return r.buffered }
 
@@ -150,22 +205,40 @@ func (r *Recv) Receive(n uint32) error {
 	if n > r.credit {
 		return ErrOverrun
 	}
-	r.credit -= n
+	if r.mode != ModeNone {
+		r.credit -= n
+	}
 	r.buffered += n
 	return nil
 }
 
 // Read accounts n buffered bytes handed to the application (or dropped);
-// n must not exceed Buffered.
+// n must not exceed Buffered. With ModeNone nothing is owed back.
 func (r *Recv) Read(n uint32) {
 	r.buffered -= n
-	r.pending += n
 	r.consumed += n
+	if r.mode != ModeNone {
+		r.pending += n
+	}
 }
 
 // UpdateDue reports whether Update would grant credit now.
 func (r *Recv) UpdateDue(force bool) bool {
 	return r.pending > 0 && (force || r.pending >= r.window/2)
+}
+
+// Grant is Update in the wire's terms: the value (and, with
+// ModeAbsolute, the window) a window update carries: the increment with
+// ModeDelta, the consumed total with ModeAbsolute.
+func (r *Recv) Grant(force bool) (value, window uint32, ok bool) {
+	delta, ok := r.Update(force)
+	if !ok {
+		return 0, 0, false
+	}
+	if r.mode == ModeAbsolute {
+		return r.consumed, r.window, true
+	}
+	return delta, 0, true
 }
 
 // Update returns the credit to grant the peer now, if any: the bytes read

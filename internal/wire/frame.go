@@ -5,7 +5,6 @@
 package wire
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -145,7 +144,9 @@ type Caps struct {
 	// Without it (yamux: go-yamux closes its whole session on any GoAway)
 	// GoAway goes out only when the session finally closes.
 	GoAwayKeepsStreams bool
-	// WindowOnOpen: the SYN frame can carry a window increment.
+	// WindowOnOpen: every stream control frame (SYN, ACK, FIN) carries a
+	// window increment as a plain update does (yamux), so a SYN or an ACK
+	// can grant a window larger than the initial one.
 	WindowOnOpen bool
 	// SynFinApart: SYN and FIN must never be sent in the same frame.
 	SynFinApart bool
@@ -164,19 +165,30 @@ type Codec interface {
 	// Caps describes the protocol.
 	Caps() *Caps
 	// ReadFrame reads one frame's header and any fixed control body from
-	// r, using Peek and Discard only. For TypeData the Length payload bytes
-	// are left in r for the caller. Errors: io.EOF when r ends cleanly
-	// before a frame, io.ErrUnexpectedEOF when it ends inside one, an
-	// error wrapping ErrProtocol when the bytes break the protocol, or r's
-	// own error. r must have a buffer of at least MinReadBuffer bytes.
-	ReadFrame(r *bufio.Reader) (Frame, error)
+	// r, using Peek and Discard only, and never Peeks more than
+	// MinReadBuffer bytes. For TypeData the Length payload bytes are left
+	// in r for the caller. Errors: io.EOF when r ends cleanly before a
+	// frame, io.ErrUnexpectedEOF when it ends inside one, an error
+	// wrapping ErrProtocol when the bytes break the protocol, or r's own
+	// error.
+	ReadFrame(r Reader) (Frame, error)
 	// AppendFrame appends the encoding of f, without any DATA payload, to
 	// dst. A frame the protocol cannot express is an error wrapping
 	// ErrUnsupported; dst is then returned unchanged.
 	AppendFrame(dst []byte, f Frame) ([]byte, error)
 }
 
-// MinReadBuffer is the smallest bufio.Reader size every codec works with.
+// Reader is what a codec reads frames from: the Peek and Discard of a
+// buffered reader, such as bufio.Reader's. Peek returns the next n bytes
+// without consuming them, with an error when fewer arrive (io.EOF, with
+// the bytes that did, when the input ends); Discard consumes n bytes.
+type Reader interface {
+	Peek(n int) ([]byte, error)
+	Discard(n int) (int, error)
+}
+
+// MinReadBuffer is the most a codec Peeks at once: a Reader needs room to
+// buffer that many bytes.
 const MinReadBuffer = 64
 
 // MaxEncodedLen bounds the bytes AppendFrame appends for one frame.
@@ -203,7 +215,7 @@ func unsupported(codec string, f Frame) error {
 // peek returns the next n bytes of r without consuming them. When r ends
 // first, the error is io.EOF if nothing at all was left (atStart and no
 // byte buffered) and io.ErrUnexpectedEOF otherwise.
-func peek(r *bufio.Reader, n int, atStart bool) ([]byte, error) {
+func peek(r Reader, n int, atStart bool) ([]byte, error) {
 	b, err := r.Peek(n)
 	if err == nil {
 		return b, nil
@@ -215,7 +227,7 @@ func peek(r *bufio.Reader, n int, atStart bool) ([]byte, error) {
 }
 
 // discard skips n bytes of r; running out of input is io.ErrUnexpectedEOF.
-func discard(r *bufio.Reader, n int) error {
+func discard(r Reader, n int) error {
 	_, err := r.Discard(n)
 	if err == io.EOF {
 		return io.ErrUnexpectedEOF

@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"bufio"
 	"encoding/binary"
 )
 
@@ -95,7 +94,7 @@ func (muxadoCodec) Caps() *Caps { return &muxadoCaps }
 // Unlike muxado, which masks the reserved bit of stream ids only when
 // writing, every id with the bit set is rejected: no muxado peer sends
 // one, and accepting it would create ids polymux could not echo back.
-func (muxadoCodec) ReadFrame(r *bufio.Reader) (Frame, error) {
+func (muxadoCodec) ReadFrame(r Reader) (Frame, error) {
 	h, err := peek(r, muxadoHeaderLen, true)
 	if err != nil {
 		return Frame{}, err

@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"bufio"
 	"encoding/binary"
 	"math"
 )
@@ -107,7 +106,7 @@ func (c *smuxCodec) Caps() *Caps { return c.caps }
 // The Length checks on SYN, FIN, NOP and UPD are those smux 1.5.56 makes:
 // older peers never consume a payload on those commands, so a frame that
 // carries one could only desynchronise the stream.
-func (c *smuxCodec) ReadFrame(r *bufio.Reader) (Frame, error) {
+func (c *smuxCodec) ReadFrame(r Reader) (Frame, error) {
 	h, err := peek(r, smuxHeaderLen, true)
 	if err != nil {
 		return Frame{}, err

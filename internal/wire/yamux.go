@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"bufio"
 	"encoding/binary"
 	"math"
 )
@@ -85,7 +84,7 @@ func (yamuxCodec) Caps() *Caps { return &yamuxCaps }
 // ReadFrame decodes one 12-byte header. It consumes nothing when it
 // returns an error, and it leaves a Data frame's body in r for the caller,
 // who alone knows where the payload should go.
-func (yamuxCodec) ReadFrame(r *bufio.Reader) (Frame, error) {
+func (yamuxCodec) ReadFrame(r Reader) (Frame, error) {
 	h, err := peek(r, yamuxHeaderLen, true)
 	if err != nil {
 		return Frame{}, err

@@ -1,0 +1,310 @@
+package polymux
+
+import (
+	"time"
+
+	"github.com/polymux/polymux/internal/wire"
+)
+
+// The frames a stream receives (from the session's read loop) and the
+// frames it owes (to the writer).
+
+// onFrame applies a frame the peer sent on the stream: acknowledgement,
+// reset, credit, data and half-close, in that order. Only the read loop
+// calls it; an error ends the session.
+func (s *Stream) onFrame(f wire.Frame) error {
+	sess := s.sess
+	if f.Flags&wire.FlagACK != 0 {
+		s.onAck()
+	}
+	if f.Flags&wire.FlagRST != 0 {
+		s.mu.Lock()
+		err := sess.peerResetErr(s, f.Value)
+		s.mu.Unlock()
+		s.abort(err, false, 0)
+		return sess.skip(f)
+	}
+	if f.Type == wire.TypeWindow && (f.Flags == 0 || sess.caps.WindowOnOpen) {
+		// A plain update carries credit; SYN, ACK and FIN carry it too
+		// only where the protocol says so (yamux).
+		if err := s.onCredit(f.Value, f.Window); err != nil {
+			return err
+		}
+	}
+	if f.Type == wire.TypeData && f.Length > 0 {
+		if err := s.onData(f.Length); err != nil {
+			return err
+		}
+	}
+	if f.Flags&wire.FlagFIN != 0 {
+		s.onFin()
+	}
+	return nil
+}
+
+// onAck records the peer's acknowledgement of this side's open.
+func (s *Stream) onAck() {
+	s.mu.Lock()
+	if s.acked {
+		s.mu.Unlock()
+		return
+	}
+	s.acked = true
+	s.mu.Unlock()
+	s.sess.acknowledged()
+}
+
+// onCredit applies a window update to the send credit.
+func (s *Stream) onCredit(value, window uint32) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.swin.Apply(value, window); err != nil {
+		return protocolErr("stream %d: %v", s.id, err)
+	}
+	s.wwait.wake()
+	return nil
+}
+
+// onFin records the peer's half-close.
+func (s *Stream) onFin() {
+	s.mu.Lock()
+	switch s.in {
+	case recvOpen:
+		s.in = recvEOF
+	case recvShut:
+		s.in = recvDone
+	default:
+		s.mu.Unlock()
+		return // a repeated FIN: accepted, and nothing to do
+	}
+	s.freeSlot()
+	s.sess.release(int(s.rwin.Finish()))
+	s.rwait.wake()
+	s.mu.Unlock()
+	s.settle()
+}
+
+// onData reads n payload bytes into the receive buffer, straight from the
+// connection. Data the application no longer wants is dropped; a window
+// overrun breaks the protocol (or, where the protocol says so, resets the
+// stream); data past the session budget resets the stream, or, where the
+// protocol cannot reset, waits for the application to read.
+func (s *Stream) onData(n uint32) error {
+	sess := s.sess
+	sess.nBytesRecv.Add(uint64(n))
+	s.mu.Lock()
+	for {
+		if s.err != nil || s.in.fin() {
+			s.mu.Unlock()
+			return sess.skipData(n)
+		}
+		if !s.rwin.Fits(n) {
+			if !sess.caps.OverrunResets {
+				s.mu.Unlock()
+				return protocolErr("stream %d: %d bytes beyond the receive window", s.id, n)
+			}
+			s.mu.Unlock()
+			return sess.resetOnData(s, n, wire.CodeFlowControl, ErrStreamReset)
+		}
+		if s.updAt != 0 {
+			sess.observeRTT(time.Duration(sess.now() - s.updAt))
+			s.updAt = 0
+		}
+		if s.in.shut() {
+			if s.closed && sess.caps.Reset {
+				s.mu.Unlock()
+				return sess.resetOnData(s, n, wire.CodeStreamClosed, ErrStreamClosed)
+			}
+			// Dropped on arrival: never charged, but the peer gets its
+			// window back.
+			s.rwin.Receive(n)
+			s.rwin.Read(n)
+			s.maybeUpdate(false)
+			s.mu.Unlock()
+			return sess.skipData(n)
+		}
+		if sess.budget.TryAcquire(int64(s.rwin.Charge(n))) {
+			break
+		}
+		if sess.caps.Reset {
+			s.mu.Unlock()
+			sess.log.Warn("polymux: session buffer full, resetting stream", "stream", s.id, "buffered", sess.nBuffered.Load())
+			return sess.resetOnData(s, n, wire.CodeFlowControl, ErrStreamReset)
+		}
+		// Without RST (smux) the only bound is to stop reading the
+		// connection until the application reads: the protocol's own limit.
+		s.mu.Unlock()
+		select {
+		case <-sess.budgetCh:
+		case <-sess.closing:
+			return sess.skipData(n)
+		}
+		s.mu.Lock()
+	}
+	s.rwin.Receive(n) // fits: checked above
+	remaining := int(n)
+	for remaining > 0 {
+		k := min(remaining, maxChunk)
+		if buffered := sess.rd.buffered(); buffered > 0 {
+			// Bytes already read from the connection: copy them in under
+			// the lock, which no read from the connection can block.
+			dst := s.recv.space(min(k, buffered))
+			k = len(dst)
+			sess.rd.copyTo(dst)
+			s.recv.commit(k)
+		} else {
+			// Read the rest into a chunk of its own, without the lock,
+			// and add it whole.
+			c := getChunk(k)
+			s.mu.Unlock()
+			got, err := sess.rd.readFull(c.buf[:min(k, len(c.buf))])
+			c.w = got
+			s.mu.Lock()
+			if err != nil {
+				s.recv.push(c)
+				sess.nBuffered.Add(int64(got))
+				s.mu.Unlock()
+				return payloadErr(err)
+			}
+			k = got
+			s.recv.push(c)
+		}
+		sess.nBuffered.Add(int64(k))
+		remaining -= k
+		if s.err != nil || s.in.shut() {
+			// Reset or CloseRead while the payload was read: drop it all.
+			dropped := s.recv.len()
+			s.recv.discard(dropped)
+			if s.err != nil {
+				sess.nBuffered.Add(-int64(dropped)) // fail released its budget
+			} else {
+				s.consumed(dropped)
+				s.forgo(remaining)
+			}
+			s.mu.Unlock()
+			return sess.skipData(uint32(remaining))
+		}
+		s.rwait.wake()
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// popControl appends the control frames the stream owes: open,
+// acknowledgement, window update, reset. It reports whether the stream
+// still owes anything after its data (only the FIN, which popData sends).
+// Only the writer calls it.
+func (s *Stream) popControl(b *batch) {
+	s.mu.Lock()
+	s.appendControl(b)
+	s.mu.Unlock()
+}
+
+// appendControl is popControl with s.mu held.
+func (s *Stream) appendControl(b *batch) {
+	if s.owed == 0 {
+		return
+	}
+	c := s.sess.caps
+	if s.owed&owedSYN != 0 {
+		s.owed &^= owedSYN
+		f := wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagSYN, Stream: s.id}
+		if c.WindowOnOpen {
+			f.Value, f.Window, _ = s.rwin.Grant(true)
+		} else if s.rwin.UpdateDue(true) {
+			s.owed |= owedUpdate
+		}
+		b.frame(f)
+	}
+	if s.owed&owedACK != 0 {
+		s.owed &^= owedACK
+		f := wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagACK, Stream: s.id}
+		if c.WindowOnOpen {
+			f.Value, f.Window, _ = s.rwin.Grant(true)
+		}
+		b.frame(f)
+	}
+	if s.owed&owedRST != 0 {
+		s.owed = 0
+		b.frame(abortFrame(c, s.id, s.rstCode))
+		return
+	}
+	if s.owed&owedUpdate != 0 {
+		s.owed &^= owedUpdate
+		if s.err != nil || s.in.fin() {
+			return
+		}
+		if s.rwin.Credit() == 0 {
+			// The peer is blocked on this window: the next data to
+			// arrive times a round trip.
+			s.updAt = s.sess.now()
+		}
+		if value, window, ok := s.rwin.Grant(true); ok {
+			b.frame(wire.Frame{Type: wire.TypeWindow, Stream: s.id, Value: value, Window: window})
+		}
+	}
+}
+
+// popData appends the stream's control frames, then one DATA frame of at
+// most max buffered bytes, then its FIN once everything before it is in
+// the batch. It reports whether the stream has more data to send. Only
+// the writer calls it.
+func (s *Stream) popData(b *batch, max int) (more bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.appendControl(b)
+	avail := 0
+	if s.err == nil {
+		avail = s.send.len() - s.inflight
+		if k := min(avail, max); k > 0 {
+			b.data(s, wire.Frame{Type: wire.TypeData, Stream: s.id, Length: uint32(k)}, &s.send, s.inflight)
+			s.inflight += k
+			avail -= k
+		}
+	}
+	// An aborted stream sends its FIN only where the abort is a FIN (smux).
+	if s.out == sendClosing && avail == 0 && (s.err == nil || !s.sess.caps.Reset) {
+		s.out = sendDone
+		b.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagFIN, Stream: s.id})
+		b.settle(s)
+	}
+	more = avail > 0
+	s.sess.w.sched.served(s, more)
+	return more
+}
+
+// owesData reports whether the stream has data or a FIN for the writer.
+// s.mu must be held.
+func (s *Stream) owesData() bool {
+	if s.out == sendClosing && (s.err == nil || !s.sess.caps.Reset) {
+		return true
+	}
+	return s.err == nil && s.send.len() > s.inflight
+}
+
+// sent releases n bytes of the send buffer that a batch carried, once
+// the connection has taken them (or failed).
+func (s *Stream) sent(n int) {
+	s.mu.Lock()
+	if s.wwait.n > 0 {
+		s.send.discardKeep(n) // the waiting Write fills it again
+	} else {
+		s.send.discard(n)
+	}
+	s.inflight -= n
+	if s.inflight == 0 && s.err != nil {
+		s.send.discard(s.send.len())
+	}
+	s.wwait.wake()
+	s.mu.Unlock()
+}
+
+// abortFrame is the frame that tells the peer a stream is aborted: RST
+// with code where the protocol has it, FIN where it has not (smux). It is
+// the one place that chooses between them.
+func abortFrame(c *wire.Caps, id, code uint32) wire.Frame {
+	if c.Reset {
+		return wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagRST, Stream: id, Value: code}
+	}
+	return wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagFIN, Stream: id}
+}
