@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -77,11 +78,20 @@ func muxPair(t *testing.T, srvTr, cliTr network.Multiplexer, srvScope, cliScope 
 		cli.Close()
 		t.Fatal(s.err)
 	}
-	t.Cleanup(func() {
-		cli.Close()
-		s.c.Close()
-	})
+	t.Cleanup(func() { closeAll(t, cli, s.c) })
 	return s.c, cli
+}
+
+// closeAll closes every conn at once and waits for them, bounded: a
+// polymux Close returns once its session has ended, and a muxer stuck on
+// a lock would otherwise hold the test until the binary's timeout.
+func closeAll(t *testing.T, conns ...network.MuxedConn) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { c.Close() })
+	}
+	waitAll(t, &wg, "Close")
 }
 
 // delayConn is a net.Conn whose writes reach the peer d after Write
@@ -136,6 +146,25 @@ func (c *delayConn) Close() error {
 	case <-time.After(testTimeout):
 	}
 	return c.Conn.Close()
+}
+
+// waitAll waits for wg, bounded: past the bound the test fails with every
+// goroutine's stack, so a stuck muxer fails in seconds rather than hanging
+// until the test binary's timeout. The streams' own deadlines cannot
+// bound every wait, such as one on a lock.
+func waitAll(t *testing.T, wg *sync.WaitGroup, what string) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * testTimeout):
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%s did not finish within %v; goroutines:\n%s", what, 2*testTimeout, buf[:runtime.Stack(buf, true)])
+	}
 }
 
 // session is the polymux session under c, or nil if c is not polymux's.

@@ -119,7 +119,7 @@ func testHostsEcho(t *testing.T, polymuxDials bool) {
 			})
 		}
 	}
-	wg.Wait()
+	waitAll(t, &wg, "the echo streams")
 	close(errs)
 	for err := range errs {
 		t.Error(err)

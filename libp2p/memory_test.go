@@ -74,15 +74,14 @@ func TestMemoryIsAllReleasedWhenTheConnectionCloses(t *testing.T) {
 					}
 				}
 			}
-			wg.Wait()
+			waitAll(t, &wg, "the bulk streams")
 			close(errs)
 			for err := range errs {
 				if err != nil {
 					t.Fatal(err)
 				}
 			}
-			cli.Close()
-			srv.Close()
+			closeAll(t, cli, srv)
 			waitEnded(t, cli)
 			waitEnded(t, srv)
 			for _, m := range []struct {
@@ -179,8 +178,7 @@ func TestAResourceManagerDenialOfTheInitialWindowRefusesTheStream(t *testing.T) 
 					t.Fatalf("the peer's Read on a refused stream: %v, want network.ErrReset", err)
 				}
 				st.Close()
-				cli.Close()
-				srv.Close()
+				closeAll(t, cli, srv)
 				waitEnded(t, cli)
 				waitEnded(t, srv)
 				for _, m := range []*meter{srvMeter, cliMeter} {
@@ -203,7 +201,7 @@ func TestAResourceManagerDenialOfGrowthLeavesTheWindowAsItIs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cli.Close()
+	closeAll(t, cli)
 	waitEnded(t, cli)
 	waitEnded(t, srv)
 	for _, m := range []*meter{srvMeter, cliMeter} {

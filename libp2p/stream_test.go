@@ -63,7 +63,7 @@ func TestADeadlineFailsWithATimeout(t *testing.T) {
 func TestAStreamOfAnEndedSessionReadsAsReset(t *testing.T) {
 	srv, cli := muxPair(t, DefaultTransport, DefaultTransport, nil, nil, 0)
 	a, b := opened(t, cli, srv)
-	cli.Close()
+	closeAll(t, cli)
 	waitEnded(t, cli)
 	b.SetReadDeadline(time.Now().Add(testTimeout))
 	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, network.ErrReset) {
