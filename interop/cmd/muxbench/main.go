@@ -25,7 +25,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/polymux/polymux/interop/internal/muxes"
@@ -43,6 +42,10 @@ type bench struct {
 	stall        time.Duration
 	idleStreams  int
 	rawIdleLimit int
+	streams      int    // held on one session in streams100k
+	sessions     int    // session pairs in sessions10k
+	fdPairs      int    // connection pairs the file descriptor limit leaves room for
+	nofile       string // what became of RLIMIT_NOFILE, for the report
 	slowSize     int
 	opts         muxes.Options
 	progress     io.Writer
@@ -58,14 +61,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", time.Second, "how long each timed workload (bulk, rpc) runs per cell")
 	timeout := fs.Duration("timeout", 30*time.Second, "a cell still running after this fails")
 	stall := fs.Duration("stall", 5*time.Second, "a cell making no progress for this long fails")
-	workloadsFlag := fs.String("workloads", "all", "comma-separated workloads: bulk1, bulk16, bulk256, rpc, rpc64, idle, slowreader")
+	workloadsFlag := fs.String("workloads", "all", "comma-separated workloads: bulk1, bulk16, bulk256, rpc, rpc64, idle, slowreader (together: all), and the opt-in streams100k, sessions10k (all,streams100k,sessions10k runs every one)")
 	libsFlag := fs.String("libs", "all", "comma-separated contenders: library names (polymux-yamux, hashicorp/yamux, ...) or protocols (yamux, smux1, smux2, muxado2) for all of that protocol; raw TCP always runs")
 	idle := fs.Int("idle", 10000, "streams held open in the idle workload")
+	streams := fs.Int("streams", 100000, "streams held on one session in the streams100k workload")
+	sessions := fs.Int("sessions", 10000, "session pairs in the sessions10k workload")
 	slow := fs.Int("slowsize", 64<<20, "bytes the second stream moves in the slowreader workload")
 	window := fs.Int("window", muxes.DefaultWindow, "per-stream receive window of every library, auto-tuning off; -1 keeps each library's defaults")
 	jsonOut := fs.Bool("json", false, "print JSON instead of a Markdown table")
 	stacks := fs.Bool("stacks", false, "print every goroutine's stack to stderr when a cell fails (debugging)")
-	quick := fs.Bool("quick", false, "a short run for testing: -reps 1 -duration 100ms -idle 500 -slowsize 8MiB -timeout 15s")
+	quick := fs.Bool("quick", false, "a short run for testing: -reps 1 -duration 100ms -idle 500 -streams 1000 -sessions 100 -slowsize 8MiB -timeout 15s")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: muxbench [flags]\n\nSide-by-side benchmark of polymux, the reference multiplexers and raw TCP.\n\nflags:\n")
 		fs.PrintDefaults()
@@ -82,19 +87,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *quick {
 		*reps, *duration, *idle, *slow, *timeout = 1, 100*time.Millisecond, 500, 8<<20, 15*time.Second
+		*streams, *sessions = 1000, 100
 	}
-	if *reps < 1 || *duration <= 0 || *timeout <= 0 || *stall <= 0 || *idle < 1 || *slow < 1 {
-		fmt.Fprintln(stderr, "muxbench: -reps, -duration, -timeout, -stall, -idle and -slowsize must be positive")
+	if *reps < 1 || *duration <= 0 || *timeout <= 0 || *stall <= 0 || *idle < 1 || *streams < 1 || *sessions < 1 || *slow < 1 {
+		fmt.Fprintln(stderr, "muxbench: -reps, -duration, -timeout, -stall, -idle, -streams, -sessions and -slowsize must be positive")
 		return 2
 	}
 	b := &bench{
-		reps:         *reps,
-		duration:     *duration,
-		timeout:      *timeout,
-		stall:        *stall,
-		idleStreams:  *idle,
-		rawIdleLimit: rawIdleLimit(),
-		slowSize:     *slow,
+		reps:        *reps,
+		duration:    *duration,
+		timeout:     *timeout,
+		stall:       *stall,
+		idleStreams: *idle,
+		streams:     *streams,
+		sessions:    *sessions,
+		slowSize:    *slow,
 		// Streams raises only the limits that would refuse the idle
 		// workload's opens; accept backlogs stay at their defaults (see
 		// muxes.Options.Streams).
@@ -116,6 +123,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "muxbench: -libs: %v\n", err)
 		return 2
 	}
+	// Every raw TCP stream of idle and streams100k, and every pair of
+	// sessions10k, takes two file descriptors in this process.
+	var pairs int
+	for _, w := range workloads {
+		switch w.name {
+		case "idle":
+			pairs = max(pairs, b.idleStreams)
+		case "streams100k":
+			pairs = max(pairs, min(b.streams, rawStreamsCap))
+		case "sessions10k":
+			pairs = max(pairs, b.sessions)
+		}
+	}
+	b.nofile = raiseNofile(uint64(2*pairs + fdSlack))
+	b.fdPairs = fdPairs()
+	b.rawIdleLimit = max(100, b.fdPairs)
 
 	b.loadBefore = loadAvg()
 	res := b.runAll(workloads, contenders)
@@ -131,29 +154,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// rawIdleLimit is how many raw TCP connections the idle workload may hold:
-// each takes two file descriptors in this process.
-func rawIdleLimit() int {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 1000
-	}
-	return max(100, int(min(rl.Cur, 1<<20)-1000)/2)
-}
-
+// selectWorkloads picks the workloads spec names, in its order; "all" (or
+// "") names every one that is not opt-in, in table order.
 func selectWorkloads(all []workload, spec string) ([]workload, error) {
-	if spec == "all" || spec == "" {
-		return all, nil
+	if spec == "" {
+		spec = "all"
 	}
 	var out []workload
+	add := func(w workload) {
+		if !slices.ContainsFunc(out, func(o workload) bool { return o.name == w.name }) {
+			out = append(out, w)
+		}
+	}
 	for _, name := range strings.Split(spec, ",") {
-		i := slices.IndexFunc(all, func(w workload) bool { return strings.EqualFold(w.name, strings.TrimSpace(name)) })
+		name = strings.TrimSpace(name)
+		if strings.EqualFold(name, "all") {
+			for _, w := range all {
+				if !w.optIn {
+					add(w)
+				}
+			}
+			continue
+		}
+		i := slices.IndexFunc(all, func(w workload) bool { return strings.EqualFold(w.name, name) })
 		if i < 0 {
 			return nil, fmt.Errorf("unknown workload %q", name)
 		}
-		if !slices.ContainsFunc(out, func(w workload) bool { return w.name == all[i].name }) {
-			out = append(out, all[i])
-		}
+		add(all[i])
 	}
 	return out, nil
 }
@@ -204,9 +231,10 @@ func selectContenders(spec string) ([]contender, error) {
 
 // outcome is one repetition of one cell.
 type outcome struct {
-	values map[string]float64
-	err    error
-	note   string
+	values  map[string]float64
+	err     error
+	note    string
+	elapsed time.Duration // the whole cell, setting up and closing included
 }
 
 // results[workload][contender] are the outcomes of every repetition.
@@ -234,7 +262,7 @@ func (b *bench) runAll(workloads []workload, contenders []contender) results {
 
 func (b *bench) logCell(rep int, w workload, c contender, o outcome) {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "rep %d/%d  %-10s %-16s ", rep+1, b.reps, w.name, c.name)
+	fmt.Fprintf(&sb, "rep %d/%d  %-11s %-16s %5.1fs ", rep+1, b.reps, w.name, c.name, o.elapsed.Seconds())
 	if o.err != nil {
 		fmt.Fprintf(&sb, "FAIL: %v", o.err)
 	} else {
@@ -254,12 +282,26 @@ func (b *bench) logCell(rep int, w workload, c contender, o outcome) {
 // b.timeout, or b.stall without progress, the cell's connections are
 // closed (so its goroutines end) and it fails.
 func (b *bench) runCell(w workload, c contender) outcome {
+	start := time.Now()
+	o := b.runCellOnce(w, c)
+	o.elapsed = time.Since(start)
+	return o
+}
+
+func (b *bench) runCellOnce(w workload, c contender) outcome {
 	runtime.GC()
-	p, err := newPair(c, b.opts)
-	if err != nil {
-		return outcome{err: fmt.Errorf("setup: %w", err)}
+	opts := b.opts
+	if w.opts != nil {
+		opts = *w.opts
 	}
-	defer closeWithin(p, 5*time.Second)
+	var p *pair
+	if !w.noPair {
+		var err error
+		if p, err = newPair(c, opts); err != nil {
+			return outcome{err: fmt.Errorf("setup: %w", err)}
+		}
+		defer closeWithin(p, 5*time.Second)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r := &cellRun{ctx: ctx, pair: p, c: c}
@@ -298,12 +340,16 @@ func (b *bench) runCell(w workload, c contender) outcome {
 		fmt.Fprintf(b.progress, "%s %s: %v; goroutines:\n%s\n", w.name, c.name, failure, buf[:runtime.Stack(buf, true)])
 	}
 	cancel()
-	if !closeWithin(p, 5*time.Second) {
+	if p != nil && !closeWithin(p, 5*time.Second) {
 		failure = fmt.Errorf("%w; closing its sessions hung", failure)
+	}
+	wait := 5 * time.Second
+	if w.noPair {
+		wait = 30 * time.Second // the workload closes its own connections: thousands of them
 	}
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(wait):
 		failure = fmt.Errorf("%w; the workload did not return after its connections were closed", failure)
 	}
 	return outcome{err: failure, note: r.note}

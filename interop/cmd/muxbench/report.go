@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // report is the outcome of a run, as printed (Markdown) or encoded (JSON).
@@ -38,6 +39,9 @@ type settings struct {
 	TimeoutSeconds    float64 `json:"timeout_seconds"`
 	StallSeconds      float64 `json:"stall_seconds"`
 	IdleStreams       int     `json:"idle_streams"`
+	Streams100k       int     `json:"streams100k_streams"`
+	Sessions10k       int     `json:"sessions10k_pairs"`
+	NoFile            uint64  `json:"rlimit_nofile"`
 	SlowReaderBytes   int     `json:"slowreader_bytes"`
 	Window            int     `json:"window"`
 	StreamLimitRaised int     `json:"stream_limits"`
@@ -88,11 +92,14 @@ func (b *bench) report(workloads []workload, contenders []contender, res results
 			TimeoutSeconds:    b.timeout.Seconds(),
 			StallSeconds:      b.stall.Seconds(),
 			IdleStreams:       b.idleStreams,
+			Streams100k:       b.streams,
+			Sessions10k:       b.sessions,
+			NoFile:            nofile(),
 			SlowReaderBytes:   b.slowSize,
 			Window:            b.opts.Window,
 			StreamLimitRaised: b.opts.Streams,
 		},
-		Notes: b.notes(),
+		Notes: b.notes(workloads),
 	}
 	var metrics []metric
 	for _, w := range workloads {
@@ -147,7 +154,7 @@ func (b *bench) report(workloads []workload, contenders []contender, res results
 		}
 		for _, r := range rep.Rows {
 			cl := r.Cells[m.key]
-			if cl.Median == nil {
+			if cl.Median == nil || (m.noRaw && r.Library == rawTCP) {
 				continue
 			}
 			if tcp != nil && *tcp != 0 {
@@ -164,7 +171,7 @@ func (b *bench) report(workloads []workload, contenders []contender, res results
 	return rep
 }
 
-func (b *bench) notes() []string {
+func (b *bench) notes(workloads []workload) []string {
 	win := "every library gets a 256 KiB per-stream receive window with auto-tuning off"
 	if b.opts.Window > 0 && b.opts.Window != muxes256K {
 		win = fmt.Sprintf("every library gets a %d-byte per-stream receive window with auto-tuning off", b.opts.Window)
@@ -178,10 +185,31 @@ func (b *bench) notes() []string {
 			" (polymux InitialStreamWindow = MaxStreamWindow; go-yamux InitialStreamWindowSize = MaxStreamWindowSize; hashicorp MaxStreamWindowSize; smux MaxStreamBuffer; muxado MaxWindowSize)" +
 			fmt.Sprintf("; the limits that refuse an open raised to %d streams so the idle workload fits: polymux and go-yamux MaxIncomingStreams, and muxado AcceptBacklog (muxado refuses an open that finds its accept queue full, since its opener does not wait). Every other accept backlog keeps its default, and none loses a stream: polymux 256 (a yamux opener waits for ACKs, an smux session stops reading while it is full, muxado streams simply wait), hashicorp and go-yamux 256 (their openers wait for ACKs), smux 1024 (fixed; its reader stops while it is full)", b.opts.Streams) +
 			"; received-but-unread bytes per session bounded at 64 MiB (polymux MaxSessionBuffer, its default; smux MaxReceiveBuffer, default 4 MiB); smux MaxFrameSize 65535 (default 32768; polymux sends 64 KiB frames); logging off. Everything else is each library's default (keepalives on).",
-		"MB/s counts 1e6 bytes per second. allocs/MiB is runtime.MemStats.Mallocs during bulk1 over MiB moved, both ends. idle B/stream is heap growth after GC over the streams held, both ends; idle goroutines/stream likewise.",
+		"MB/s counts 1e6 bytes per second. allocs/MiB is runtime.MemStats.Mallocs during bulk1 over MiB moved, both ends. idle B/stream is heap growth over the streams held, both ends; idle goroutines/stream likewise. Memory is sampled as MemStats.HeapAlloc (and StackInuse) after two GCs, once runtime.NumGoroutine has held still for 50 ms (at most 3 s: engines whose writer goroutine exits when idle get to go idle); the samples bracket the streams or pairs only (the slices holding them are made before the first).",
 		"Each cell is the median of the repetitions; (a, b) after a figure are its ratio to raw TCP and to the best reference library in that column (higher is better for MB/s and op/s, lower for the rest). FAIL: the cell failed in every repetition (stalled, timed out or erred); * a figure from fewer repetitions than were run.",
 	}
+	selected := func(name string) bool {
+		return slices.ContainsFunc(workloads, func(w workload) bool { return w.name == name })
+	}
+	if selected("streams100k") {
+		n = append(n, fmt.Sprintf("streams100k: %d streams opened one after another on one session, one byte written on each and read by the acceptor, then held; the limits that refuse an open raised to %d for it (polymux and go-yamux MaxIncomingStreams, muxado AcceptBacklog; hashicorp/yamux and xtaci/smux have none), every accept backlog at its default. opens/s: streams over the time from the first open to the last stream accepted and its byte read. Raw TCP holds at most %d connections (one per stream; 100,000 would need more ephemeral ports than 127.0.0.1 has).", b.streams, max(b.opts.Streams, b.streams+1024), min(rawStreamsCap, b.rawIdleLimit)))
+	}
+	if selected("sessions10k") {
+		n = append(n, fmt.Sprintf("sessions10k: %d session pairs (fewer where the file descriptor limit says so, noted below) set up one after another and then all held: a dial to one listener, the server's and the client's session on the connection, one stream opened, one byte written each way. Window settings as above; stream limits and accept backlogs at the libraries' defaults (one stream per session). heap, stack (goroutine stacks, MemStats.StackInuse) and goroutines per pair are growth over the pairs held, both ends; pairs/s is pairs over the time from the first dial to the last pair's second byte. Raw TCP: a connection pair with one byte each way. Connections are closed with SO_LINGER 0 at the end.", b.sessions))
+	}
+	if b.nofile != "" {
+		n = append(n, b.nofile+".")
+	}
 	return n
+}
+
+// nofile is RLIMIT_NOFILE's soft limit, 0 if unknown.
+func nofile() uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	return rl.Cur
 }
 
 const muxes256K = 256 << 10

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/polymux/polymux/internal/loopback"
+	"github.com/polymux/polymux/interop/internal/muxes"
 )
 
 const (
@@ -53,17 +53,27 @@ type workload struct {
 	about   string
 	metrics []metric
 	run     func(r *cellRun) (map[string]float64, error)
+	// opts, if not nil, configures the cell's pair instead of bench.opts.
+	opts *muxes.Options
+	// noPair: the workload makes its own connections; the cell has no pair.
+	noPair bool
+	// optIn: only -workloads naming it runs it; "all" leaves it out.
+	optIn bool
 }
 
 func (b *bench) workloads() []workload {
+	streamsOpts := b.opts
+	streamsOpts.Streams = max(b.opts.Streams, b.streams+1024)
 	return []workload{
-		{"bulk1", "one stream writing as fast as it can; allocations per MiB moved, both ends", []metric{mBulk1, mAllocs}, func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 1) }},
-		{"bulk16", "16 streams writing at once, aggregate", []metric{mBulk16}, func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 16) }},
-		{"bulk256", "256 streams writing at once, aggregate", []metric{mBulk256}, func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 256) }},
-		{"rpc", "open a stream, echo 64 B, close: one caller", []metric{mRPC, mRPC50, mRPC99}, func(r *cellRun) (map[string]float64, error) { return b.rpc(r, 1) }},
-		{"rpc64", "the same with 64 concurrent callers", []metric{mRPC64, mRPC6450, mRPC6499}, func(r *cellRun) (map[string]float64, error) { return b.rpc(r, 64) }},
-		{"idle", "open streams holding one byte each: heap after GC and goroutines, per stream, both ends", []metric{mIdleHeap, mIdleGorout}, b.idle},
-		{"slowreader", "one stream never read while another moves its payload", []metric{mSlow}, b.slowReader},
+		{name: "bulk1", about: "one stream writing as fast as it can; allocations per MiB moved, both ends", metrics: []metric{mBulk1, mAllocs}, run: func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 1) }},
+		{name: "bulk16", about: "16 streams writing at once, aggregate", metrics: []metric{mBulk16}, run: func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 16) }},
+		{name: "bulk256", about: "256 streams writing at once, aggregate", metrics: []metric{mBulk256}, run: func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 256) }},
+		{name: "rpc", about: "open a stream, echo 64 B, close: one caller", metrics: []metric{mRPC, mRPC50, mRPC99}, run: func(r *cellRun) (map[string]float64, error) { return b.rpc(r, 1) }},
+		{name: "rpc64", about: "the same with 64 concurrent callers", metrics: []metric{mRPC64, mRPC6450, mRPC6499}, run: func(r *cellRun) (map[string]float64, error) { return b.rpc(r, 64) }},
+		{name: "idle", about: "open streams holding one byte each: heap after GC and goroutines, per stream, both ends", metrics: []metric{mIdleHeap, mIdleGorout}, run: b.idle},
+		{name: "slowreader", about: "one stream never read while another moves its payload", metrics: []metric{mSlow}, run: b.slowReader},
+		{name: "streams100k", about: "100,000 streams held on one session: heap and goroutines per stream, both ends, and opens per second", metrics: []metric{mS100kHeap, mS100kGorout, mS100kOpens}, run: b.streams100k, opts: &streamsOpts, optIn: true},
+		{name: "sessions10k", about: "10,000 session pairs with one stream each: heap, goroutine stacks and goroutines per pair, both ends, and set-up rate", metrics: []metric{mS10kHeap, mS10kStack, mS10kTotal, mS10kGorout, mS10kRate}, run: b.sessions10k, noPair: true, optIn: true},
 	}
 }
 
@@ -115,88 +125,23 @@ func (b *bench) rpc(r *cellRun, conc int) (map[string]float64, error) {
 }
 
 // idle: b.idleStreams streams opened, one byte written on each (muxado
-// opens lazily) and read by the server, then left open. Figures: heap
-// growth after GC and goroutine growth, both ends, per stream.
+// opens lazily) and read by the server, then left open (holdStreams).
+// Figures: heap growth after GC and goroutine growth, both ends, per
+// stream.
 func (b *bench) idle(r *cellRun) (map[string]float64, error) {
-	p := r.pair
 	n := b.idleStreams
 	if r.c.isRaw() && n > b.rawIdleLimit {
 		n = b.rawIdleLimit
 		r.note = fmt.Sprintf("%d connections (file descriptor limit)", n)
 	}
-	var mu sync.Mutex
-	var served []loopback.Conn
-	acceptErr := make(chan error, 1)
-	go func() {
-		for {
-			st, err := p.Accept(r.ctx)
-			if err != nil {
-				acceptErr <- err
-				return
-			}
-			var one [1]byte
-			if _, err := io.ReadFull(st, one[:]); err != nil {
-				acceptErr <- fmt.Errorf("read: %w", err)
-				return
-			}
-			mu.Lock()
-			served = append(served, st)
-			mu.Unlock()
-			r.progress.Add(1)
-		}
-	}()
-	heapBefore, gBefore := settle()
-	opened := make([]loopback.Conn, 0, n)
-	defer func() {
-		for _, st := range opened {
-			st.Close()
-		}
-	}()
-	for range n {
-		st, err := p.Open(r.ctx)
-		if err != nil {
-			return nil, fmt.Errorf("open %d: %w", len(opened)+1, err)
-		}
-		opened = append(opened, st)
-		if _, err := st.Write([]byte{1}); err != nil {
-			return nil, fmt.Errorf("write: %w", err)
-		}
-		r.progress.Add(1)
+	h, err := holdStreams(r, n)
+	if err != nil {
+		return nil, err
 	}
-	for {
-		mu.Lock()
-		got := len(served)
-		mu.Unlock()
-		if got == n {
-			break
-		}
-		select {
-		case err := <-acceptErr:
-			return nil, fmt.Errorf("accept %d: %w", got+1, err)
-		case <-r.ctx.Done():
-			return nil, r.ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	heapAfter, gAfter := settle()
-	mu.Lock()
-	runtime.KeepAlive(served)
-	mu.Unlock()
-	runtime.KeepAlive(opened)
 	return map[string]float64{
-		mIdleHeap.key:   float64(int64(heapAfter)-int64(heapBefore)) / float64(n),
-		mIdleGorout.key: float64(gAfter-gBefore) / float64(n),
+		mIdleHeap.key:   perUnit(h.after.heap, h.before.heap, n),
+		mIdleGorout.key: float64(h.after.goroutines-h.before.goroutines) / float64(n),
 	}, nil
-}
-
-// settle collects garbage and returns the live heap and the goroutine count.
-func settle() (heap uint64, goroutines int) {
-	time.Sleep(20 * time.Millisecond)
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc, runtime.NumGoroutine()
 }
 
 // slowReader: stream A is written as fast as the library lets, and the
