@@ -102,21 +102,48 @@ func waitCh(d *deadline) <-chan struct{} {
 	return d.wait()
 }
 
-// waitPool lends the one-slot channels a blocked Read or Write waits on,
-// so that a stream nobody is waiting on holds none.
-var waitPool = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
+// waitChans lends the one-slot channels blocked Reads and Writes wait on,
+// so that a stream nobody is waiting on holds none. Each session keeps its
+// own (a channel belongs with the goroutines of its session), and up to
+// maxSpareWaits between loans.
+type waitChans struct {
+	mu   sync.Mutex // guards free
+	free []chan struct{}
+}
 
-// waiter is a channel borrowed from waitPool while at least one call waits.
+const maxSpareWaits = 64
+
+func (p *waitChans) get() chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.free); n > 0 {
+		ch := p.free[n-1]
+		p.free = p.free[:n-1]
+		return ch
+	}
+	return make(chan struct{}, 1)
+}
+
+// put takes back an emptied channel.
+func (p *waitChans) put(ch chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free) < maxSpareWaits {
+		p.free = append(p.free, ch)
+	}
+}
+
+// waiter is a channel borrowed from a session's waitChans while at least
+// one call waits. Its methods run under the owner's mutex.
 type waiter struct {
 	ch chan struct{}
 	n  int // calls waiting on ch
 }
 
-// start borrows the channel for one more waiting call; the owner's mutex
-// must be held, as for every waiter method.
-func (w *waiter) start() chan struct{} {
+// start borrows the channel for one more waiting call.
+func (w *waiter) start(p *waitChans) chan struct{} {
 	if w.ch == nil {
-		w.ch = waitPool.Get().(chan struct{})
+		w.ch = p.get()
 	}
 	w.n++
 	return w.ch
@@ -124,7 +151,7 @@ func (w *waiter) start() chan struct{} {
 
 // done ends one waiting call, giving the channel back, emptied, once no
 // call waits.
-func (w *waiter) done() {
+func (w *waiter) done(p *waitChans) {
 	w.n--
 	if w.n > 0 {
 		return
@@ -133,7 +160,7 @@ func (w *waiter) done() {
 	case <-w.ch:
 	default:
 	}
-	waitPool.Put(w.ch)
+	p.put(w.ch)
 	w.ch = nil
 }
 

@@ -100,9 +100,9 @@ func TestCloseLingerBoundsCloseAgainstAPeerThatDoesNotRead(t *testing.T) {
 	// A stream filled to its window, and a peer whose application never
 	// reads: Close gives up after CloseLinger, not later. A negative
 	// linger closes at once.
-	forEach(t, func(t *testing.T, e env) {
-		for _, linger := range []time.Duration{300 * time.Millisecond, -1} {
-			t.Run(fmt.Sprint(linger), func(t *testing.T) {
+	for _, linger := range []time.Duration{300 * time.Millisecond, -1} {
+		t.Run(fmt.Sprint(linger), func(t *testing.T) {
+			forEachTimed(t, func(t *testing.T, e env) {
 				cli, srv := e.pair(t, e.cfg(func(c *Config) { c.CloseLinger = linger }), e.cfg(func(c *Config) {
 					c.MaxSessionBuffer = protocolWindow // smux v1: the server stops reading
 				}))
@@ -114,8 +114,8 @@ func TestCloseLingerBoundsCloseAgainstAPeerThatDoesNotRead(t *testing.T) {
 					t.Fatalf("Close took %v with a linger of %v", took, linger)
 				}
 			})
-		}
-	})
+		})
+	}
 }
 
 func TestStreamsNeverClosedAreResetAfterTheirData(t *testing.T) {
@@ -316,9 +316,12 @@ func TestAFreshStreamEchoesAfterASynFinFlood(t *testing.T) {
 	// for an answer to each open (yamux) or can be refused (muxado) send
 	// the fresh stream once the flood is answered.
 	forEach(t, func(t *testing.T, e env) {
-		s, p := e.rawPeer(t, nil)
-		wait := serve(s, echo)
 		n := scale(50_000, 2)
+		// MaxIncomingStreams out of the way: what is tested is that a full
+		// backlog refuses nothing, however far the application's
+		// goroutines fall behind the flood.
+		s, p := e.rawPeer(t, &Config{MaxIncomingStreams: n + 1})
+		wait := serve(s, echo)
 		fresh := p.clientID(n)
 		msg := randomBytes(48 << 10)
 		var mu sync.Mutex
@@ -366,7 +369,7 @@ func TestAFreshStreamEchoesAfterASynFinFlood(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		if !bytes.Equal(got, msg) {
-			t.Fatalf("the fresh stream echoed %d bytes of %d", len(got), len(msg))
+			t.Fatalf("the fresh stream echoed %d bytes of %d (server: %+v)", len(got), len(msg), s.Stats())
 		}
 	})
 }

@@ -159,22 +159,6 @@ func (s *Session) onGoAway(f wire.Frame) {
 	}
 }
 
-// peerResetErr is the error of st once the peer reset it with code: a
-// refusal if st was never acknowledged (yamux) or the code says so
-// (muxado), a plain reset otherwise; either way errors.As finds the code.
-// st.mu must be held.
-func (s *Session) peerResetErr(st *Stream, code uint32) error {
-	reset := &StreamError{Code: code, Remote: true}
-	refused := st.local && !st.acked
-	if s.caps.ReasonCodes {
-		refused = refused || st.local && (wire.Code(code) == wire.CodeRefused || wire.Code(code) == wire.CodeAcceptFull)
-	}
-	if refused {
-		return &refusedError{reset}
-	}
-	return reset
-}
-
 // skip discards the payload of a frame nobody will read.
 func (s *Session) skip(f wire.Frame) error {
 	if f.Type != wire.TypeData {
@@ -260,9 +244,7 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 		s.refuse(id, code, "past the limits")
 		return nil, nil
 	}
-	st := newStream(s, id, false)
-	st.mem = mem
-	st.slot = slotOpen
+	st := newStream(s, id, false, mem)
 	st.backlogged = true
 	s.streams[id] = st
 	s.numIncoming++
@@ -275,13 +257,7 @@ func (s *Session) incoming(id uint32) (*Stream, error) {
 	s.backlogTail = st
 	s.backlogLen++
 	s.mu.Unlock()
-	if !s.caps.AckOpens {
-		// A window larger than the protocol's default is granted at once
-		// (with yamux, the ACK carries it).
-		st.mu.Lock()
-		st.maybeUpdate(true)
-		st.mu.Unlock()
-	}
+	st.arrived()
 	s.nAccepted.Add(1)
 	notify(s.acceptCh)
 	return st, nil

@@ -51,6 +51,7 @@ type Session struct {
 	ka keepalive
 	// The fixed-duration stream timeouts, one timer each for the session.
 	openTimeouts, closeTimeouts timeouts
+	waits                       waitChans // for blocked stream calls
 	view                        sessionListener
 
 	// One-slot signals, each waited on by one kind of caller.
@@ -297,8 +298,7 @@ func (s *Session) open(ctx context.Context, mem *streamMemory) (*Stream, error) 
 	} else {
 		s.nextID += 2
 	}
-	st := newStream(s, id, true)
-	st.mem = mem
+	st := newStream(s, id, true, mem)
 	s.streams[id] = st
 	if s.caps.AckOpens {
 		s.unacked++
@@ -312,14 +312,7 @@ func (s *Session) open(ctx context.Context, mem *streamMemory) (*Stream, error) 
 	if s.caps.AckOpens && s.cfg.StreamOpenTimeout > 0 {
 		s.openTimeouts.add(id, s.now())
 	}
-	st.mu.Lock()
-	// The SYN goes in order with data, not ahead of it as control frames
-	// do: the peer then sees opens and data in the order they were made,
-	// so an smux peer whose backlog is full finds the data of the streams
-	// it accepted before the next open, not behind it.
-	st.owed |= owedSYN
-	s.w.sched.pushData(st)
-	st.mu.Unlock()
+	st.opened()
 	return st, nil
 }
 
@@ -426,13 +419,7 @@ func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 			if more {
 				notify(s.acceptCh)
 			}
-			if s.caps.AckOpens {
-				st.mu.Lock()
-				if st.err == nil {
-					st.owe(owedACK)
-				}
-				st.mu.Unlock()
-			}
+			st.accepted()
 			return st, nil
 		}
 		s.mu.Unlock()
@@ -478,23 +465,12 @@ func (s *Session) unlinkBacklog(st *Stream) {
 }
 
 // forget removes a finished stream from the session: from its table, its
-// backlog and its counts; its memory and deadline timers are released, and
-// the writer drops it once it owes nothing more.
+// backlog and its counts; the writer drops it once it owes nothing more.
 func (s *Session) forget(st *Stream) {
-	st.mu.Lock()
-	if st.forgotten {
-		st.mu.Unlock()
+	left, ok := st.leave()
+	if !ok {
 		return
 	}
-	st.forgotten = true
-	wasUnacked := !st.acked
-	st.acked = true
-	slot := st.slot
-	st.slot = slotNone
-	st.releaseMemory()
-	owes := st.owed != 0 || st.owesData()
-	st.mu.Unlock()
-	st.stopDeadlines()
 	s.mu.Lock()
 	if s.streams[st.id] == st {
 		delete(s.streams, st.id)
@@ -503,21 +479,21 @@ func (s *Session) forget(st *Stream) {
 		}
 	}
 	s.unlinkBacklog(st)
-	switch slot {
+	switch left.slot {
 	case slotOpen:
 		s.numIncoming--
 	case slotLingering:
 		s.lingering--
 		notify(s.lingerCh)
 	}
-	if wasUnacked {
+	if left.unacked {
 		s.unacked--
 	}
 	s.mu.Unlock()
-	if wasUnacked {
+	if left.unacked {
 		notify(s.unackedCh)
 	}
-	if !owes {
+	if !left.owes {
 		s.w.sched.remove(st)
 	}
 }
@@ -908,10 +884,7 @@ func (s *Session) finish() {
 	s.backlogHead, s.backlogTail, s.backlogLen = nil, nil, 0
 	s.mu.Unlock()
 	for _, st := range streams {
-		st.mu.Lock()
 		st.sessionEnded(err)
-		st.mu.Unlock()
-		st.stopDeadlines()
 	}
 	close(s.done)
 }

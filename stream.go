@@ -106,7 +106,9 @@ type streamMemory struct {
 	held int
 }
 
-func newStream(sess *Session, id uint32, local bool) *Stream {
+// newStream makes a stream opened by this side (local) or by the peer,
+// whose memory mem accounts (nil without a memory manager).
+func newStream(sess *Session, id uint32, local bool, mem *streamMemory) *Stream {
 	st := &Stream{
 		sess:  sess,
 		id:    id,
@@ -114,9 +116,82 @@ func newStream(sess *Session, id uint32, local bool) *Stream {
 		rwin:  flow.NewRecvFor(sess.window, sess.cfg.InitialStreamWindow, sess.caps.InitialWindow),
 		swin:  flow.NewSendFor(sess.window, sess.caps.InitialWindow),
 		acked: !local || !sess.caps.AckOpens,
+		mem:   mem,
+	}
+	if !local {
+		st.slot = slotOpen
 	}
 	st.rwin.StartEpoch(time.Duration(sess.now()))
 	return st
+}
+
+// opened owes the peer this side's open. The SYN goes in order with data,
+// not ahead of it as control frames do: the peer then sees opens and data
+// in the order they were made, so an smux peer whose backlog is full finds
+// the data of the streams it accepted before the next open, not behind it.
+func (s *Stream) opened() {
+	s.mu.Lock()
+	s.owed |= owedSYN
+	s.sess.w.sched.pushData(s)
+	s.mu.Unlock()
+}
+
+// arrived grants at once, where the protocol has no acknowledgement to
+// carry it (yamux's ACK does), a window larger than the one the peer
+// assumes.
+func (s *Stream) arrived() {
+	if s.sess.caps.AckOpens {
+		return
+	}
+	s.mu.Lock()
+	s.maybeUpdate(true)
+	s.mu.Unlock()
+}
+
+// accepted owes the peer the acknowledgement of its open, where the
+// protocol has one (yamux): the application has taken the stream.
+func (s *Stream) accepted() {
+	if !s.sess.caps.AckOpens {
+		return
+	}
+	s.mu.Lock()
+	if s.err == nil {
+		s.owe(owedACK)
+	}
+	s.mu.Unlock()
+}
+
+// writing reports whether the writing half is still open.
+func (s *Stream) writing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err == nil && s.out == sendOpen
+}
+
+// left is what a stream leaving the session takes with it, for the
+// session to account.
+type left struct {
+	unacked bool      // it awaited the peer's ACK
+	slot    slotState // its place among the peer's streams
+	owes    bool      // it still owes frames the writer will send
+}
+
+// leave marks the stream as out of the session's table, releasing its
+// memory and deadline timers, and reports what the session must account;
+// false if it had left already.
+func (s *Stream) leave() (left, bool) {
+	s.mu.Lock()
+	if s.forgotten {
+		s.mu.Unlock()
+		return left{}, false
+	}
+	s.forgotten = true
+	l := left{unacked: !s.acked, slot: s.slot, owes: s.owed != 0 || s.owesData()}
+	s.acked, s.slot = true, slotNone
+	s.releaseMemory()
+	s.mu.Unlock()
+	s.stopDeadlines()
+	return l, true
 }
 
 // ID returns the stream's id on the wire.
@@ -157,7 +232,7 @@ func (s *Stream) Read(p []byte) (n int, err error) {
 	waiting := false
 	defer func() {
 		if waiting {
-			s.rwait.done()
+			s.rwait.done(&s.sess.waits)
 		}
 		s.mu.Unlock()
 	}()
@@ -195,7 +270,7 @@ func (s *Stream) Read(p []byte) (n int, err error) {
 		}
 		if !waiting {
 			waiting = true
-			s.rwait.start()
+			s.rwait.start(&s.sess.waits)
 		}
 		ch := s.rwait.ch
 		// Once the session ends nothing more arrives, unless its read
@@ -325,7 +400,7 @@ func (s *Stream) Write(p []byte) (n int, err error) {
 	waiting := false
 	defer func() {
 		if waiting {
-			s.wwait.done()
+			s.wwait.done(&s.sess.waits)
 		}
 		s.mu.Unlock()
 	}()
@@ -346,7 +421,7 @@ func (s *Stream) Write(p []byte) (n int, err error) {
 		}
 		if !waiting {
 			waiting = true
-			s.wwait.start()
+			s.wwait.start(&s.sess.waits)
 		}
 		ch, dl := s.wwait.ch, s.writeDeadline()
 		s.mu.Unlock()
@@ -543,8 +618,9 @@ func (s *Stream) settle() {
 
 // sessionEnded gives the stream the session's error, keeping what it
 // received readable; what it still held for sending can never go, and is
-// freed. The writer has exited. s.mu must be held.
+// freed, as are its memory and deadline timers. The writer has exited.
 func (s *Stream) sessionEnded(err error) {
+	s.mu.Lock()
 	if s.err == nil {
 		s.err = err
 	}
@@ -553,6 +629,8 @@ func (s *Stream) sessionEnded(err error) {
 	s.releaseMemory()
 	s.rwait.wake()
 	s.wwait.wake()
+	s.mu.Unlock()
+	s.stopDeadlines()
 }
 
 // freeSlot gives back the stream's place among MaxIncomingStreams once both

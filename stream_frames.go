@@ -18,10 +18,7 @@ func (s *Stream) onFrame(f wire.Frame) error {
 		s.onAck()
 	}
 	if f.Flags&wire.FlagRST != 0 {
-		s.mu.Lock()
-		err := sess.peerResetErr(s, f.Value)
-		s.mu.Unlock()
-		s.abort(err, false, 0)
+		s.abort(s.resetBy(f.Value), false, 0)
 		return sess.skip(f)
 	}
 	if f.Type == wire.TypeWindow && (f.Flags == 0 || sess.caps.WindowOnOpen) {
@@ -40,6 +37,23 @@ func (s *Stream) onFrame(f wire.Frame) error {
 		s.onFin()
 	}
 	return nil
+}
+
+// resetBy is the error of the stream once the peer reset it with code: a
+// refusal if it was never acknowledged (yamux) or the code says so
+// (muxado), a plain reset otherwise; either way errors.As finds the code.
+func (s *Stream) resetBy(code uint32) error {
+	s.mu.Lock()
+	refused := s.local && !s.acked
+	s.mu.Unlock()
+	if s.sess.caps.ReasonCodes {
+		refused = refused || s.local && (wire.Code(code) == wire.CodeRefused || wire.Code(code) == wire.CodeAcceptFull)
+	}
+	reset := &StreamError{Code: code, Remote: true}
+	if refused {
+		return &refusedError{reset}
+	}
+	return reset
 }
 
 // onAck records the peer's acknowledgement of this side's open.

@@ -198,10 +198,7 @@ func (w *writer) resetUnclosed() bool {
 	s.mu.Unlock()
 	b.reset()
 	for _, st := range streams {
-		st.mu.Lock()
-		open := st.err == nil && st.out == sendOpen
-		st.mu.Unlock()
-		if !open {
+		if !st.writing() {
 			continue
 		}
 		if !b.room(1) {
