@@ -37,10 +37,11 @@ type scheduler struct {
 	mu       sync.Mutex // guards every field below
 	entries  map[*Stream]*schedEntry
 	peak     int           // the most entries since the map was made
-	ctrl     []*schedEntry // streams owing control frames, in order
-	ring     *schedEntry   // streams with data: the one served next
-	spare    *schedEntry   // freed entries, linked by next
-	goAwayQ  bool          // a GoAway waits to be written
+	ctrl     []*schedEntry // streams owing control frames, in order, from ctrlHead
+	ctrlHead int
+	ring     *schedEntry // streams with data: the one served next
+	spare    *schedEntry // freed entries, linked by next
+	goAwayQ  bool        // a GoAway waits to be written
 	code     wire.Code
 	lastID   uint32
 	goneAway bool // a GoAway was queued: the session sends at most one
@@ -173,10 +174,10 @@ func (q *scheduler) remove(st *Stream) {
 func (q *scheduler) nextControl() *Stream {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for len(q.ctrl) > 0 {
-		e := q.ctrl[0]
-		q.ctrl[0] = nil
-		q.ctrl = q.ctrl[1:]
+	for q.ctrlHead < len(q.ctrl) {
+		e := q.ctrl[q.ctrlHead]
+		q.ctrl[q.ctrlHead] = nil
+		q.ctrlHead++
 		if !e.ctrl || q.entries[e.st] != e {
 			continue // removed meanwhile
 		}
@@ -185,7 +186,12 @@ func (q *scheduler) nextControl() *Stream {
 		q.drop(e)
 		return st
 	}
-	q.ctrl = nil
+	// Empty: start again at the front, keeping the room unless a burst
+	// made it large.
+	q.ctrl, q.ctrlHead = q.ctrl[:0], 0
+	if cap(q.ctrl) > maxRefusals {
+		q.ctrl = nil
+	}
 	return nil
 }
 
@@ -341,7 +347,7 @@ func (q *scheduler) kick() {
 func (q *scheduler) park() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.ending || q.ring != nil || len(q.ctrl) > 0 || q.goAwayQ || q.nop || q.pinging || len(q.pongs) > 0 || len(q.refusals) > 0 {
+	if q.ending || q.ring != nil || q.ctrlHead < len(q.ctrl) || q.goAwayQ || q.nop || q.pinging || len(q.pongs) > 0 || len(q.refusals) > 0 {
 		return false
 	}
 	q.running = false

@@ -69,34 +69,39 @@ const (
 // frames addressed to it (onFrame), the writer asks it for the frames it
 // owes (popControl, popData), and abort is the one way it ends early.
 type Stream struct {
+	// Fixed when the stream is made.
 	sess  *Session
 	id    uint32
 	local bool // opened by this side
 
-	mu        sync.Mutex // guards every field below up to the backlog links
+	// mu guards every field that follows but the accept backlog's
+	// (backlogged, acceptPrev, acceptNext), which Session.mu guards. The
+	// fields are laid out to keep the struct within 256 bytes.
 	in        recvState
 	out       sendState
 	owed      owedFrames
 	slot      slotState
-	closed    bool  // Close was called: Read and Write fail with ErrStreamClosed
-	acked     bool  // the peer acknowledged this side's open, or none is needed
-	forgotten bool  // out of the session's table; what it owes may still be written
+	closed    bool   // Close was called: Read and Write fail with ErrStreamClosed
+	acked     bool   // the peer acknowledged this side's open, or none is needed
+	forgotten bool   // out of the session's table; what it owes may still be written
+	rstCode   uint32 // the code the RST carries
+	mu        sync.Mutex
 	err       error // terminal: reset, refused, or the session ended
-	rstCode   uint32
 	updAt     int64 // sess.now() of a window update sent while the peer had no credit
 	closedAt  int64 // sess.now() at Close, which the close timeout checks
 	recv      byteQueue
 	rwin      flow.Recv
 	send      byteQueue
-	inflight  int // leading bytes of send handed to the writer, not yet written
-	swin      flow.Send
-	rwait     waiter     // Reads waiting for data
-	wwait     waiter     // Writes waiting for credit or room
-	dl        *deadlines // nil until a deadline is first set
-	mem       *streamMemory
+	inflight  int32 // leading bytes of send handed to the writer, not yet written
+	// backlogged: waiting in the session's accept backlog (Session.mu).
+	backlogged bool
+	swin       flow.Send
+	rwait      waiter     // Reads waiting for data
+	wwait      waiter     // Writes waiting for credit or room
+	dl         *deadlines // nil until a deadline is first set
+	mem        *streamMemory
 
-	// Guarded by Session.mu: the accept backlog.
-	backlogged             bool
+	// The accept backlog's links (Session.mu).
 	acceptPrev, acceptNext *Stream
 }
 

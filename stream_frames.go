@@ -269,10 +269,10 @@ func (s *Stream) popData(b *batch, max int) (more bool) {
 	s.appendControl(b)
 	avail := 0
 	if s.err == nil {
-		avail = s.send.len() - s.inflight
+		avail = s.send.len() - int(s.inflight)
 		if k := min(avail, max); k > 0 {
-			b.data(s, wire.Frame{Type: wire.TypeData, Stream: s.id, Length: uint32(k)}, &s.send, s.inflight)
-			s.inflight += k
+			b.data(s, wire.Frame{Type: wire.TypeData, Stream: s.id, Length: uint32(k)}, &s.send, int(s.inflight))
+			s.inflight += int32(k)
 			avail -= k
 		}
 	}
@@ -293,7 +293,7 @@ func (s *Stream) owesData() bool {
 	if s.out == sendClosing && (s.err == nil || !s.sess.caps.Reset) {
 		return true
 	}
-	return s.err == nil && s.send.len() > s.inflight
+	return s.err == nil && s.send.len() > int(s.inflight)
 }
 
 // sent releases n bytes of the send buffer that a batch carried, once
@@ -305,7 +305,7 @@ func (s *Stream) sent(n int) {
 	} else {
 		s.send.discard(n)
 	}
-	s.inflight -= n
+	s.inflight -= int32(n)
 	if s.inflight == 0 && s.err != nil {
 		s.send.discard(s.send.len())
 	}
