@@ -13,9 +13,9 @@ import (
 // meterInterval is how often the progress line is redrawn.
 const meterInterval = 250 * time.Millisecond
 
-// isTerminal reports whether w is a terminal, where the progress line is
-// redrawn in place and cleared; elsewhere each workload leaves its final
-// progress line behind.
+// isTerminal reports whether w is a terminal (a character device), the
+// only place a progress line is drawn: redrawn in place, and cleared when
+// its workload ends. Piped or redirected output gets none.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
@@ -25,11 +25,10 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// meter draws the live progress line of one workload on w. A nil *meter
-// draws nothing.
+// meter draws the live progress line of one workload on a terminal w. A
+// nil *meter draws nothing.
 type meter struct {
 	w      io.Writer
-	tty    bool
 	label  string
 	stopc  chan struct{}
 	done   chan struct{}
@@ -40,12 +39,13 @@ type meter struct {
 	active bool
 }
 
-// meter returns the progress line for label, or nil when b draws none.
+// meter returns the progress line for label, or nil when b draws none:
+// when b.progress is not a terminal.
 func (b *bencher) meter(label string) *meter {
-	if b.progress == nil {
+	if b.progress == nil || !b.tty {
 		return nil
 	}
-	return &meter{w: b.progress, tty: b.tty, label: label}
+	return &meter{w: b.progress, label: label}
 }
 
 // start begins redrawing the line from counter n (bytes, or ops).
@@ -87,8 +87,7 @@ func (m *meter) draw() {
 	fmt.Fprintf(m.w, "\r%s%s", line, strings.Repeat(" ", pad))
 }
 
-// stop ends the redrawing. On a terminal the line is cleared; elsewhere
-// its final state is left behind, ended by a newline.
+// stop ends the redrawing and clears the line.
 func (m *meter) stop() {
 	if m == nil || !m.active {
 		return
@@ -96,12 +95,7 @@ func (m *meter) stop() {
 	m.active = false
 	close(m.stopc)
 	<-m.done
-	if m.tty {
-		if m.width > 0 {
-			fmt.Fprintf(m.w, "\r%s\r", strings.Repeat(" ", m.width))
-		}
-		return
+	if m.width > 0 {
+		fmt.Fprintf(m.w, "\r%s\r", strings.Repeat(" ", m.width))
 	}
-	m.draw()
-	fmt.Fprintln(m.w)
 }

@@ -16,7 +16,8 @@ type benchOutput struct {
 	GOMAXPROCS      int           `json:"gomaxprocs"`
 	DurationSeconds float64       `json:"duration_seconds"`
 	Streams         int           `json:"streams"`
-	WriteSize       int           `json:"write_size"`
+	WriteSize       int           `json:"write_size,omitempty"` // the -size, if only one
+	WriteSizes      []int         `json:"write_sizes"`          // every -size, in the order of the workloads
 	Runs            []protocolRun `json:"runs"`
 }
 
@@ -29,11 +30,12 @@ type protocolRun struct {
 
 // workloadReport pairs the polymux and raw TCP figures of a workload.
 type workloadReport struct {
-	Name    string          `json:"name"`
-	Polymux *workloadResult `json:"polymux,omitempty"`
-	TCP     *workloadResult `json:"tcp,omitempty"`
-	Ratio   float64         `json:"ratio,omitempty"` // polymux / raw TCP of MB/s or op/s
-	Error   string          `json:"error,omitempty"`
+	Name      string          `json:"name"`
+	WriteSize int             `json:"write_size,omitempty"` // bytes per Write, polymux and raw TCP alike; bulk workloads only
+	Polymux   *workloadResult `json:"polymux,omitempty"`
+	TCP       *workloadResult `json:"tcp,omitempty"`
+	Ratio     float64         `json:"ratio,omitempty"` // polymux / raw TCP of MB/s or op/s
+	Error     string          `json:"error,omitempty"`
 }
 
 // workloadResult is what one workload measured on one transport.
@@ -80,8 +82,8 @@ func (t *sessionTotals) add(st polymux.Stats) {
 // printTable prints one protocol's results: a row per workload with both
 // figures and their ratio, then the session totals.
 func (b *bencher) printTable(w io.Writer, rep protocolRun) {
-	fmt.Fprintf(w, "polymux bench: protocol %s over TCP 127.0.0.1, %v per workload, %d-byte writes, GOMAXPROCS=%d\n",
-		rep.Protocol, b.duration, b.size, runtime.GOMAXPROCS(0))
+	fmt.Fprintf(w, "polymux bench: protocol %s over TCP 127.0.0.1, %v per workload, bulk writes of %s (raw TCP alike), GOMAXPROCS=%d\n",
+		rep.Protocol, b.duration, sizeNames(b.sizes), runtime.GOMAXPROCS(0))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "workload\tpolymux\traw TCP\tratio\n")
 	for _, wr := range rep.Workloads {

@@ -25,12 +25,12 @@ const (
 // bencher runs the suite with one set of flags.
 type bencher struct {
 	streams  int
-	size     int
+	sizes    []int // bytes per Write in the bulk workloads: each size its own workloads
 	duration time.Duration
-	drain    time.Duration // a workload still running this long after its duration fails
-	progress io.Writer     // nil: no progress line
-	tty      bool
-	baseline map[string]workloadResult // raw TCP results by workload name, measured once per run
+	drain    time.Duration             // a workload still running this long after its duration fails
+	progress io.Writer                 // where the progress line is drawn
+	tty      bool                      // progress is a terminal: only then is a progress line drawn
+	baseline map[string]workloadResult // raw TCP results by workload name (streams and write size in it), measured once per run
 }
 
 // transport is what a workload runs on, and how the bencher ends it.
@@ -43,29 +43,37 @@ type transport interface {
 
 // workload is one entry of the suite: run measures it on a transport,
 // counting its progress (bytes or calls) into the counter a meter draws.
+// The same workload runs on polymux and on raw TCP, so both write the same
+// sizes.
 type workload struct {
 	name  string
 	bytes bool // progress counts bytes (else calls)
+	size  int  // bytes per Write of a bulk workload; 0 for rpc
 	run   func(ctx context.Context, t transport, progress *atomic.Int64) (*workloadResult, error)
 }
 
-// workloads is the suite for b's flags, in the order of the table.
+// workloads is the suite for b's flags, in the order of the table: bulk on
+// one stream at every write size, bulk on b.streams streams at every write
+// size, then rpc.
 func (b *bencher) workloads() []workload {
 	bulkN := fmt.Sprintf("bulk %d streams", b.streams)
 	if b.streams == 1 {
 		bulkN = "bulk 1 stream (again)"
 	}
-	return []workload{
-		{"bulk 1 stream", true, func(ctx context.Context, t transport, p *atomic.Int64) (*workloadResult, error) {
-			return runBulk(ctx, t, 1, b.size, b.duration, p)
-		}},
-		{bulkN, true, func(ctx context.Context, t transport, p *atomic.Int64) (*workloadResult, error) {
-			return runBulk(ctx, t, b.streams, b.size, b.duration, p)
-		}},
-		{"rpc open+echo", false, func(ctx context.Context, t transport, p *atomic.Int64) (*workloadResult, error) {
-			return runRPC(ctx, t, b.duration, p)
-		}},
+	var ws []workload
+	bulk := func(name string, streams int) {
+		for _, size := range b.sizes {
+			ws = append(ws, workload{fmt.Sprintf("%s, %s writes", name, sizeName(size)), true, size,
+				func(ctx context.Context, t transport, p *atomic.Int64) (*workloadResult, error) {
+					return runBulk(ctx, t, streams, size, b.duration, p)
+				}})
+		}
 	}
+	bulk("bulk 1 stream", 1)
+	bulk(bulkN, b.streams)
+	return append(ws, workload{"rpc open+echo", false, 0, func(ctx context.Context, t transport, p *atomic.Int64) (*workloadResult, error) {
+		return runRPC(ctx, t, b.duration, p)
+	}})
 }
 
 // runBulk is loopback.Bulk as a workloadResult.
@@ -99,7 +107,7 @@ func (b *bencher) runProtocol(p polymux.Protocol) protocolRun {
 	rep := protocolRun{Protocol: p.String()}
 	totals := &sessionTotals{}
 	for _, w := range b.workloads() {
-		wr := workloadReport{Name: w.name}
+		wr := workloadReport{Name: w.name, WriteSize: w.size}
 		var errs []string
 		mt, err := newMuxTransport(p)
 		if err == nil {

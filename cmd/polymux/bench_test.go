@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -139,8 +141,11 @@ func TestBenchCommand(t *testing.T) {
 	t.Logf("stdout:\n%s", &out)
 	for _, want := range []string{
 		"polymux bench: protocol yamux",
+		"bulk writes of 32 KiB and 1 MiB",
 		"workload", "polymux", "raw TCP", "ratio",
-		"bulk 1 stream", "bulk 4 streams", "rpc open+echo", "p50", "p99",
+		"bulk 1 stream, 32 KiB writes", "bulk 1 stream, 1 MiB writes",
+		"bulk 4 streams, 32 KiB writes", "bulk 4 streams, 1 MiB writes",
+		"rpc open+echo", "p50", "p99",
 		"session",
 	} {
 		if !strings.Contains(out.String(), want) {
@@ -150,15 +155,16 @@ func TestBenchCommand(t *testing.T) {
 	if strings.Contains(out.String(), "error") {
 		t.Errorf("output reports an error")
 	}
-	if !strings.Contains(errb.String(), "\r") {
-		t.Errorf("no progress line on stderr: %q", &errb)
+	// errb is no terminal: no progress line.
+	if strings.Contains(errb.String(), "\r") || strings.Contains(out.String(), "\r") {
+		t.Errorf("progress drawn on a writer that is not a terminal: stderr %q", &errb)
 	}
 }
 
 func TestBenchJSON(t *testing.T) {
 	checkLeaks(t)
 	var out, errb bytes.Buffer
-	code := benchMain([]string{"-json", "-duration", "100ms", "-streams", "2", "-size", "1000"}, &out, &errb)
+	code := benchMain([]string{"-json", "-duration", "100ms", "-streams", "2", "-size", "1000,2k"}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit status %d\nstdout:\n%s\nstderr:\n%s", code, &out, &errb)
 	}
@@ -166,16 +172,136 @@ func TestBenchJSON(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &doc); err != nil {
 		t.Fatalf("output is not JSON: %v\n%s", err, &out)
 	}
-	if len(doc.Runs) != 1 || doc.Runs[0].Protocol != "yamux" || len(doc.Runs[0].Workloads) != 3 {
+	if len(doc.Runs) != 1 || doc.Runs[0].Protocol != "yamux" || len(doc.Runs[0].Workloads) != 5 {
 		t.Fatalf("unexpected document:\n%s", &out)
 	}
-	for _, w := range doc.Runs[0].Workloads {
+	wantNames := []string{
+		"bulk 1 stream, 1000 B writes", "bulk 1 stream, 2 KiB writes",
+		"bulk 2 streams, 1000 B writes", "bulk 2 streams, 2 KiB writes",
+		"rpc open+echo",
+	}
+	wantSizes := []int{1000, 2048, 1000, 2048, 0}
+	for i, w := range doc.Runs[0].Workloads {
 		if w.Polymux == nil || w.TCP == nil || w.Ratio <= 0 || w.Error != "" {
 			t.Errorf("workload %q: incomplete result %+v", w.Name, w)
 		}
+		if w.Name != wantNames[i] || w.WriteSize != wantSizes[i] {
+			t.Errorf("workload %d: %q with %d-byte writes, want %q with %d", i, w.Name, w.WriteSize, wantNames[i], wantSizes[i])
+		}
 	}
-	if doc.Streams != 2 || doc.WriteSize != 1000 {
+	if doc.Streams != 2 || doc.WriteSize != 0 || !slices.Equal(doc.WriteSizes, []int{1000, 2048}) {
 		t.Errorf("flags not recorded: %+v", doc)
+	}
+	if strings.Contains(errb.String(), "\r") {
+		t.Errorf("progress drawn on a writer that is not a terminal: stderr %q", &errb)
+	}
+}
+
+// TestBenchJSONOneSize checks that a single -size is recorded as
+// write_size too, as before there could be several.
+func TestBenchJSONOneSize(t *testing.T) {
+	checkLeaks(t)
+	var out, errb bytes.Buffer
+	code := benchMain([]string{"-json", "-duration", "50ms", "-streams", "2", "-size", "1000"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit status %d\nstdout:\n%s\nstderr:\n%s", code, &out, &errb)
+	}
+	var doc benchOutput
+	if err := json.Unmarshal(out.Bytes(), &doc); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, &out)
+	}
+	if len(doc.Runs) != 1 || len(doc.Runs[0].Workloads) != 3 {
+		t.Fatalf("unexpected document:\n%s", &out)
+	}
+	if doc.WriteSize != 1000 || !slices.Equal(doc.WriteSizes, []int{1000}) {
+		t.Errorf("flags not recorded: %+v", doc)
+	}
+}
+
+func TestSizeFlag(t *testing.T) {
+	for spec, want := range map[string][]int{
+		"65536":               {65536},
+		"32k,1m":              {32 << 10, 1 << 20},
+		"32KiB, 32768 ,1MiB":  {32 << 10, 1 << 20},
+		"1M,100,1k":           {1 << 20, 100, 1 << 10},
+		"64m":                 {64 << 20},
+		"1000,1000,1000,2000": {1000, 2000},
+	} {
+		var s sizeList
+		if err := s.Set(spec); err != nil || !slices.Equal(s, want) {
+			t.Errorf("-size %q: %v, %v; want %v", spec, s, err, want)
+		}
+	}
+	for _, spec := range []string{"", "0", "-5", "x", "1,", "k", "32kb", "65m", "99999999999999999999"} {
+		var s sizeList
+		if err := s.Set(spec); err == nil {
+			t.Errorf("-size %q: accepted as %v", spec, s)
+		}
+	}
+	if got := sizeNames([]int{1000, 32 << 10, 1 << 20}); got != "1000 B, 32 KiB and 1 MiB" {
+		t.Errorf("sizeNames: %q", got)
+	}
+}
+
+// TestProgressOnTerminal runs a workload with the bencher told its
+// progress writer is a terminal: the line is drawn (over \r) and cleared
+// at the end.
+func TestProgressOnTerminal(t *testing.T) {
+	checkLeaks(t)
+	tt, err := loopback.NewTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tt.Close()
+	var errb bytes.Buffer
+	b := &bencher{duration: 3 * meterInterval, drain: drainTimeout, progress: &errb, tty: true, sizes: []int{32 << 10}}
+	w := b.workloads()[0]
+	if _, err := b.measure(w, tt, "label"); err != nil {
+		t.Fatal(err)
+	}
+	got := errb.String()
+	if !strings.Contains(got, "\rlabel ") || !strings.Contains(got, " MB/s") {
+		t.Errorf("no progress line drawn on a terminal: %q", got)
+	}
+	if !strings.HasSuffix(got, " \r") {
+		t.Errorf("progress line not cleared at the end: %q", got)
+	}
+}
+
+// TestNoProgressOffTerminal runs a workload with the bencher told its
+// progress writer is no terminal: nothing is written to it.
+func TestNoProgressOffTerminal(t *testing.T) {
+	checkLeaks(t)
+	tt, err := loopback.NewTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tt.Close()
+	var errb bytes.Buffer
+	b := &bencher{duration: 2 * meterInterval, drain: drainTimeout, progress: &errb, sizes: []int{32 << 10}}
+	if m := b.meter("label"); m != nil {
+		t.Errorf("a meter for a writer that is no terminal")
+	}
+	if _, err := b.measure(b.workloads()[0], tt, "label"); err != nil {
+		t.Fatal(err)
+	}
+	if errb.Len() != 0 {
+		t.Errorf("progress written to a writer that is no terminal: %q", &errb)
+	}
+}
+
+func TestIsTerminal(t *testing.T) {
+	if isTerminal(new(bytes.Buffer)) {
+		t.Error("a bytes.Buffer is a terminal")
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if isTerminal(w) {
+		t.Error("a pipe is a terminal")
 	}
 }
 
@@ -213,6 +339,8 @@ func TestUsage(t *testing.T) {
 		{[]string{"help", "bench"}, 0, "-streams"},
 		{[]string{"bench", "-protocol", "carrier-pigeon"}, 2, "unknown protocol"},
 		{[]string{"bench", "-streams", "0"}, 2, "-streams"},
+		{[]string{"bench", "-size", "0"}, 2, "-size"},
+		{[]string{"bench", "-h"}, 0, "32768,1048576"},
 		{[]string{"bench", "extra"}, 2, "unexpected argument"},
 		{[]string{"tunnel"}, 2, "tunnel server -listen"},
 		{[]string{"help", "tunnel"}, 0, "tunnel client -server"},
