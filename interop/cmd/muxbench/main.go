@@ -7,7 +7,9 @@
 //
 // Each contender is raw TCP, polymux speaking one protocol, or a reference
 // library (hashicorp/yamux, libp2p/go-yamux, xtaci/smux v1 and v2, ngrok
-// muxado), with both ends the same library. Every workload runs on every
+// muxado), with both ends the same library. The bulk workloads write 32 KiB
+// writes (bulk1, bulk16, bulk256) or 1 MiB writes (bulk1_1m, bulk16_1m),
+// raw TCP the same size as every multiplexer; slowreader writes 64 KiB. Every workload runs on every
 // contender in turn, round-robin, once per repetition, so drift of the
 // machine hits all alike; each figure is the median of the repetitions.
 // A cell that stops making progress, or outlives -timeout, fails: its
@@ -61,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", time.Second, "how long each timed workload (bulk, rpc) runs per cell")
 	timeout := fs.Duration("timeout", 30*time.Second, "a cell still running after this fails")
 	stall := fs.Duration("stall", 5*time.Second, "a cell making no progress for this long fails")
-	workloadsFlag := fs.String("workloads", "all", "comma-separated workloads: bulk1, bulk16, bulk256, rpc, rpc64, idle, slowreader (together: all), and the opt-in streams100k, sessions10k (all,streams100k,sessions10k runs every one)")
+	workloadsFlag := fs.String("workloads", "all", "comma-separated workloads: bulk1, bulk1_1m, bulk16, bulk16_1m, bulk256, rpc, rpc64, idle, slowreader (together: all), and the opt-in streams100k, sessions10k (all,streams100k,sessions10k runs every one); the bulk workloads write 32 KiB writes, 1 MiB in the _1m ones, raw TCP the same; slowreader writes 64 KiB")
 	libsFlag := fs.String("libs", "all", "comma-separated contenders: library names (polymux-yamux, hashicorp/yamux, ...) or protocols (yamux, smux1, smux2, muxado2) for all of that protocol; raw TCP always runs")
 	idle := fs.Int("idle", 10000, "streams held open in the idle workload")
 	streams := fs.Int("streams", 100000, "streams held on one session in the streams100k workload")

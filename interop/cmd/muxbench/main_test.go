@@ -26,8 +26,8 @@ func TestQuick(t *testing.T) {
 	if len(rep.Rows) != len(allContenders()) {
 		t.Fatalf("%d rows, want %d", len(rep.Rows), len(allContenders()))
 	}
-	if len(rep.Metrics) != 13 {
-		t.Errorf("%d metrics, want 13", len(rep.Metrics))
+	if len(rep.Metrics) != 16 {
+		t.Errorf("%d metrics, want 16", len(rep.Metrics))
 	}
 	for _, r := range rep.Rows {
 		for _, m := range rep.Metrics {
@@ -95,12 +95,13 @@ func TestSelectWorkloads(t *testing.T) {
 	b := &bench{streams: 1000}
 	all := b.workloads()
 	for spec, want := range map[string]string{
-		"all":                             "bulk1 bulk16 bulk256 rpc rpc64 idle slowreader",
-		"":                                "bulk1 bulk16 bulk256 rpc rpc64 idle slowreader",
+		"all":                             "bulk1 bulk1_1m bulk16 bulk16_1m bulk256 rpc rpc64 idle slowreader",
+		"":                                "bulk1 bulk1_1m bulk16 bulk16_1m bulk256 rpc rpc64 idle slowreader",
 		"sessions10k,idle":                "sessions10k idle",
-		"all,streams100k,sessions10k":     "bulk1 bulk16 bulk256 rpc rpc64 idle slowreader streams100k sessions10k",
+		"all,streams100k,sessions10k":     "bulk1 bulk1_1m bulk16 bulk16_1m bulk256 rpc rpc64 idle slowreader streams100k sessions10k",
 		"Streams100K, streams100k ,rpc64": "streams100k rpc64",
-		"rpc,all":                         "rpc bulk1 bulk16 bulk256 rpc64 idle slowreader",
+		"rpc,all":                         "rpc bulk1 bulk1_1m bulk16 bulk16_1m bulk256 rpc64 idle slowreader",
+		"BULK16_1M,bulk1_1m":              "bulk16_1m bulk1_1m",
 	} {
 		ws, err := selectWorkloads(all, spec)
 		if err != nil {
@@ -117,14 +118,94 @@ func TestSelectWorkloads(t *testing.T) {
 	}
 }
 
+// TestWriteSizes checks the bytes per Write of every workload that has
+// one, and the metric keys of the bulk workloads: the 32 KiB ones keep
+// the keys they had at 64 KiB, so older result files compare; slowreader
+// keeps its 64 KiB writes.
+func TestWriteSizes(t *testing.T) {
+	b := &bench{streams: 1000}
+	want := map[string]struct {
+		size int
+		keys string
+	}{
+		"bulk1":      {32 << 10, "bulk1_MBps bulk1_allocs_per_MiB"},
+		"bulk1_1m":   {1 << 20, "bulk1_1MiB_MBps bulk1_1MiB_allocs_per_MiB"},
+		"bulk16":     {32 << 10, "bulk16_MBps"},
+		"bulk16_1m":  {1 << 20, "bulk16_1MiB_MBps"},
+		"bulk256":    {32 << 10, "bulk256_MBps"},
+		"slowreader": {64 << 10, "slowreader_MBps"},
+	}
+	for _, w := range b.workloads() {
+		wt, ok := want[w.name]
+		if !ok {
+			if w.writeSize != 0 {
+				t.Errorf("%s: %d-byte writes, want none", w.name, w.writeSize)
+			}
+			continue
+		}
+		delete(want, w.name)
+		var keys []string
+		for _, m := range w.metrics {
+			keys = append(keys, m.key)
+		}
+		if w.writeSize != wt.size || strings.Join(keys, " ") != wt.keys {
+			t.Errorf("%s: %d-byte writes, metrics %q; want %d and %q", w.name, w.writeSize, keys, wt.size, wt.keys)
+		}
+	}
+	for name := range want {
+		t.Errorf("no workload %s", name)
+	}
+}
+
+// TestBulkSizes runs the bulk workloads at both write sizes on raw TCP and
+// polymux-yamux, and checks the JSON: a figure in every cell, raw TCP's
+// included, and the write sizes in the settings.
+func TestBulkSizes(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"-quick", "-json", "-workloads", "bulk1,bulk1_1m,bulk16,bulk16_1m", "-libs", "polymux-yamux"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d\n%s", code, errOut.String())
+	}
+	var rep report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("bad JSON: %v\n%s", err, out.String())
+	}
+	var keys []string
+	for _, m := range rep.Metrics {
+		keys = append(keys, m.Key)
+	}
+	if got, want := strings.Join(keys, " "), "bulk1_MBps bulk1_allocs_per_MiB bulk1_1MiB_MBps bulk1_1MiB_allocs_per_MiB bulk16_MBps bulk16_1MiB_MBps"; got != want {
+		t.Errorf("metrics %s, want %s", got, want)
+	}
+	if len(rep.Rows) != 2 {
+		t.Fatalf("%d rows, want raw TCP and polymux-yamux", len(rep.Rows))
+	}
+	for _, r := range rep.Rows {
+		for _, k := range keys {
+			if c := r.Cells[k]; c.Median == nil || len(c.Failures) > 0 {
+				t.Errorf("%s %s: no figure (%v)", r.Library, k, c.Failures)
+			} else if r.Library != rawTCP && c.VsTCP == nil {
+				t.Errorf("%s %s: no ratio to raw TCP", r.Library, k)
+			}
+		}
+	}
+	for name, size := range map[string]int{"bulk1": 32 << 10, "bulk1_1m": 1 << 20, "bulk16": 32 << 10, "bulk16_1m": 1 << 20} {
+		if got := rep.Settings.WriteSizes[name]; got != size {
+			t.Errorf("settings: %s writes %d bytes, want %d", name, got, size)
+		}
+	}
+	if len(rep.Settings.WriteSizes) != 4 {
+		t.Errorf("settings: write sizes %v, want the 4 workloads run", rep.Settings.WriteSizes)
+	}
+}
+
 // TestMarkdown checks the table of a small run.
 func TestMarkdown(t *testing.T) {
 	var out, errOut bytes.Buffer
-	if code := run([]string{"-quick", "-workloads", "bulk1,rpc", "-libs", "yamux"}, &out, &errOut); code != 0 {
+	if code := run([]string{"-quick", "-workloads", "bulk1,bulk1_1m,rpc", "-libs", "yamux"}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d\n%s", code, errOut.String())
 	}
 	table := out.String()
-	for _, want := range []string{"| library | bulk1 MB/s | allocs/MiB | rpc op/s |", "| raw TCP |", "| **polymux-yamux** |", "| hashicorp/yamux |", "| libp2p/go-yamux |"} {
+	for _, want := range []string{"| library | bulk1 MB/s | allocs/MiB | bulk1 1MiB MB/s | 1MiB allocs/MiB | rpc op/s |", "| raw TCP |", "| **polymux-yamux** |", "| hashicorp/yamux |", "| libp2p/go-yamux |"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}

@@ -45,6 +45,9 @@ type settings struct {
 	SlowReaderBytes   int     `json:"slowreader_bytes"`
 	Window            int     `json:"window"`
 	StreamLimitRaised int     `json:"stream_limits"`
+	// WriteSizes is the bytes per Write of every workload run that has
+	// one (the bulk workloads and slowreader), raw TCP's too.
+	WriteSizes map[string]int `json:"write_sizes,omitempty"`
 }
 
 type metricInfo struct {
@@ -100,6 +103,14 @@ func (b *bench) report(workloads []workload, contenders []contender, res results
 			StreamLimitRaised: b.opts.Streams,
 		},
 		Notes: b.notes(workloads),
+	}
+	for _, w := range workloads {
+		if w.writeSize > 0 {
+			if rep.Settings.WriteSizes == nil {
+				rep.Settings.WriteSizes = map[string]int{}
+			}
+			rep.Settings.WriteSizes[w.name] = w.writeSize
+		}
 	}
 	var metrics []metric
 	for _, w := range workloads {
@@ -185,7 +196,7 @@ func (b *bench) notes(workloads []workload) []string {
 			" (polymux InitialStreamWindow = MaxStreamWindow; go-yamux InitialStreamWindowSize = MaxStreamWindowSize; hashicorp MaxStreamWindowSize; smux MaxStreamBuffer; muxado MaxWindowSize)" +
 			fmt.Sprintf("; the limits that refuse an open raised to %d streams so the idle workload fits: polymux and go-yamux MaxIncomingStreams, and muxado AcceptBacklog (muxado refuses an open that finds its accept queue full, since its opener does not wait). Every other accept backlog keeps its default, and none loses a stream: polymux 256 (a yamux opener waits for ACKs, an smux session stops reading while it is full, muxado streams simply wait), hashicorp and go-yamux 256 (their openers wait for ACKs), smux 1024 (fixed; its reader stops while it is full)", b.opts.Streams) +
 			"; received-but-unread bytes per session bounded at 64 MiB (polymux MaxSessionBuffer, its default; smux MaxReceiveBuffer, default 4 MiB); smux MaxFrameSize 65535 (default 32768; polymux sends 64 KiB frames); logging off. Everything else is each library's default (keepalives on).",
-		"MB/s counts 1e6 bytes per second. allocs/MiB is runtime.MemStats.Mallocs during bulk1 over MiB moved, both ends. idle B/stream is heap growth over the streams held, both ends; idle goroutines/stream likewise. Memory is sampled as MemStats.HeapAlloc (and StackInuse) after two GCs, once runtime.NumGoroutine has held still for 50 ms (at most 3 s: engines whose writer goroutine exits when idle get to go idle); the samples bracket the streams or pairs only (the slices holding them are made before the first).",
+		"MB/s counts 1e6 bytes per second. bulk1, bulk16 and bulk256 write 32 KiB writes, bulk1_1m and bulk16_1m 1 MiB writes (1MiB in the header), raw TCP the same size as every multiplexer, each reader's buffer the size of a write (before the 1 MiB workloads were added, bulk1, bulk16 and bulk256 wrote 64 KiB writes); slowreader writes 64 KiB writes. allocs/MiB is runtime.MemStats.Mallocs during bulk1 over MiB moved, both ends; 1MiB allocs/MiB the same during bulk1_1m. idle B/stream is heap growth over the streams held, both ends; idle goroutines/stream likewise. Memory is sampled as MemStats.HeapAlloc (and StackInuse) after two GCs, once runtime.NumGoroutine has held still for 50 ms (at most 3 s: engines whose writer goroutine exits when idle get to go idle); the samples bracket the streams or pairs only (the slices holding them are made before the first).",
 		"Each cell is the median of the repetitions; (a, b) after a figure are its ratio to raw TCP and to the best reference library in that column (higher is better for MB/s and op/s, lower for the rest). FAIL: the cell failed in every repetition (stalled, timed out or erred); * a figure from fewer repetitions than were run.",
 	}
 	selected := func(name string) bool {

@@ -14,8 +14,15 @@ import (
 )
 
 const (
-	// writeSize is the size of one Write in the bulk workloads.
-	writeSize = 64 << 10
+	// bulkWriteSize is the size of one Write in bulk1, bulk16 and bulk256,
+	// raw TCP's too.
+	bulkWriteSize = 32 << 10
+	// bigWriteSize is the size of one Write in bulk1_1m and bulk16_1m, raw
+	// TCP's too.
+	bigWriteSize = 1 << 20
+	// slowWriteSize is the size of one Write (and of the reader's buffer)
+	// in slowreader: 64 KiB, as it has always been, so runs compare.
+	slowWriteSize = 64 << 10
 	// rpcSize is the size of one rpc request and of its echo.
 	rpcSize = 64
 	// mb is what MB/s counts: 1 MB = 1e6 bytes.
@@ -34,7 +41,10 @@ type metric struct {
 var (
 	mBulk1      = metric{key: "bulk1_MBps", header: "bulk1 MB/s", higherBetter: true}
 	mAllocs     = metric{key: "bulk1_allocs_per_MiB", header: "allocs/MiB", digits: 1}
+	mBulk1M     = metric{key: "bulk1_1MiB_MBps", header: "bulk1 1MiB MB/s", higherBetter: true}
+	mAllocs1M   = metric{key: "bulk1_1MiB_allocs_per_MiB", header: "1MiB allocs/MiB", digits: 1}
 	mBulk16     = metric{key: "bulk16_MBps", header: "bulk16 MB/s", higherBetter: true}
+	mBulk161M   = metric{key: "bulk16_1MiB_MBps", header: "bulk16 1MiB MB/s", higherBetter: true}
 	mBulk256    = metric{key: "bulk256_MBps", header: "bulk256 MB/s", higherBetter: true}
 	mRPC        = metric{key: "rpc_ops", header: "rpc op/s", higherBetter: true}
 	mRPC50      = metric{key: "rpc_p50_us", header: "rpc p50 µs", digits: 1}
@@ -52,7 +62,10 @@ type workload struct {
 	name    string
 	about   string
 	metrics []metric
-	run     func(r *cellRun) (map[string]float64, error)
+	// writeSize is the size of one Write of a bulk workload (and of
+	// slowreader), 0 for the others.
+	writeSize int
+	run       func(r *cellRun) (map[string]float64, error)
 	// opts, if not nil, configures the cell's pair instead of bench.opts.
 	opts *muxes.Options
 	// noPair: the workload makes its own connections; the cell has no pair.
@@ -65,13 +78,15 @@ func (b *bench) workloads() []workload {
 	streamsOpts := b.opts
 	streamsOpts.Streams = max(b.opts.Streams, b.streams+1024)
 	return []workload{
-		{name: "bulk1", about: "one stream writing as fast as it can; allocations per MiB moved, both ends", metrics: []metric{mBulk1, mAllocs}, run: func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 1) }},
-		{name: "bulk16", about: "16 streams writing at once, aggregate", metrics: []metric{mBulk16}, run: func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 16) }},
-		{name: "bulk256", about: "256 streams writing at once, aggregate", metrics: []metric{mBulk256}, run: func(r *cellRun) (map[string]float64, error) { return b.bulk(r, 256) }},
+		b.bulkWorkload("bulk1", "one stream writing 32 KiB writes as fast as it can; allocations per MiB moved, both ends", 1, bulkWriteSize, mBulk1, &mAllocs),
+		b.bulkWorkload("bulk1_1m", "the same with 1 MiB writes", 1, bigWriteSize, mBulk1M, &mAllocs1M),
+		b.bulkWorkload("bulk16", "16 streams writing 32 KiB writes at once, aggregate", 16, bulkWriteSize, mBulk16, nil),
+		b.bulkWorkload("bulk16_1m", "the same with 1 MiB writes", 16, bigWriteSize, mBulk161M, nil),
+		b.bulkWorkload("bulk256", "256 streams writing 32 KiB writes at once, aggregate", 256, bulkWriteSize, mBulk256, nil),
 		{name: "rpc", about: "open a stream, echo 64 B, close: one caller", metrics: []metric{mRPC, mRPC50, mRPC99}, run: func(r *cellRun) (map[string]float64, error) { return b.rpc(r, 1) }},
 		{name: "rpc64", about: "the same with 64 concurrent callers", metrics: []metric{mRPC64, mRPC6450, mRPC6499}, run: func(r *cellRun) (map[string]float64, error) { return b.rpc(r, 64) }},
 		{name: "idle", about: "open streams holding one byte each: heap after GC and goroutines, per stream, both ends", metrics: []metric{mIdleHeap, mIdleGorout}, run: b.idle},
-		{name: "slowreader", about: "one stream never read while another moves its payload", metrics: []metric{mSlow}, run: b.slowReader},
+		{name: "slowreader", about: "one stream never read while another moves its payload in 64 KiB writes", metrics: []metric{mSlow}, writeSize: slowWriteSize, run: b.slowReader},
 		{name: "streams100k", about: "100,000 streams held on one session: heap and goroutines per stream, both ends, and opens per second", metrics: []metric{mS100kHeap, mS100kGorout, mS100kOpens}, run: b.streams100k, opts: &streamsOpts, optIn: true},
 		{name: "sessions10k", about: "10,000 session pairs with one stream each: heap, goroutine stacks and goroutines per pair, both ends, and set-up rate", metrics: []metric{mS10kHeap, mS10kStack, mS10kTotal, mS10kGorout, mS10kRate}, run: b.sessions10k, noPair: true, optIn: true},
 	}
@@ -86,23 +101,32 @@ type cellRun struct {
 	note     string       // set by the workload: something to report with the figure
 }
 
-// bulk: n streams, each writing for b.duration; the server reads and
-// counts (loopback.Bulk). Figures: aggregate MB/s from the first write to
-// the last EOF; with one stream also Mallocs per MiB over the same span.
-func (b *bench) bulk(r *cellRun, n int) (map[string]float64, error) {
-	res, err := loopback.Bulk(r.ctx, r.pair, n, writeSize, b.duration, &r.progress)
+// bulkWorkload is the workload of n streams writing size-byte writes
+// (b.bulk), yielding MB/s as rate and, if allocs is not nil, allocations
+// per MiB as *allocs.
+func (b *bench) bulkWorkload(name, about string, n, size int, rate metric, allocs *metric) workload {
+	ms := []metric{rate}
+	if allocs != nil {
+		ms = append(ms, *allocs)
+	}
+	return workload{name: name, about: about, metrics: ms, writeSize: size, run: func(r *cellRun) (map[string]float64, error) {
+		return b.bulk(r, n, size, rate, allocs)
+	}}
+}
+
+// bulk: n streams, each writing size-byte writes for b.duration; the
+// server reads and counts (loopback.Bulk), with a buffer of the same size.
+// Raw TCP runs the same, so both write the same size. Figures: aggregate
+// MB/s from the first write to the last EOF, as rate; if allocs is not
+// nil, Mallocs per MiB over the same span, both ends, as allocs.
+func (b *bench) bulk(r *cellRun, n, size int, rate metric, allocs *metric) (map[string]float64, error) {
+	res, err := loopback.Bulk(r.ctx, r.pair, n, size, b.duration, &r.progress)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]float64{}
-	switch n {
-	case 1:
-		out[mBulk1.key] = res.MBps()
-		out[mAllocs.key] = float64(res.Mallocs) / (float64(res.Bytes) / (1 << 20))
-	case 16:
-		out[mBulk16.key] = res.MBps()
-	case 256:
-		out[mBulk256.key] = res.MBps()
+	out := map[string]float64{rate.key: res.MBps()}
+	if allocs != nil {
+		out[allocs.key] = float64(res.Mallocs) / (float64(res.Bytes) / (1 << 20))
 	}
 	return out, nil
 }
@@ -170,7 +194,7 @@ func (b *bench) slowReader(r *cellRun) (map[string]float64, error) {
 			}
 			go func() {
 				defer st.Close()
-				buf := make([]byte, writeSize)
+				buf := make([]byte, slowWriteSize)
 				for {
 					k, err := st.Read(buf)
 					bRead.Add(int64(k))
@@ -195,7 +219,7 @@ func (b *bench) slowReader(r *cellRun) (map[string]float64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open A: %w", err)
 	}
-	buf := bytes.Repeat([]byte("polymux!"), writeSize/8)
+	buf := bytes.Repeat([]byte("polymux!"), slowWriteSize/8)
 	if _, err := a.Write([]byte{'A'}); err != nil {
 		return nil, fmt.Errorf("write A: %w", err)
 	}
