@@ -143,6 +143,21 @@ func (q *byteQueue) push(c *chunk) {
 	q.n += c.w - c.r
 }
 
+// splice moves every chunk of o to the end of q, leaving o empty.
+func (q *byteQueue) splice(o *byteQueue) {
+	if o.head == nil {
+		return
+	}
+	if q.tail == nil {
+		q.head = o.head
+	} else {
+		q.tail.next = o.head
+	}
+	q.tail = o.tail
+	q.n += o.n
+	*o = byteQueue{}
+}
+
 // release frees the head chunk once it is consumed.
 func (q *byteQueue) release() {
 	c := q.head

@@ -16,10 +16,13 @@ const headerArena = 64 << 10
 
 var arenas = bufferStack{size: headerArena, max: 16}
 
-// taken records DATA bytes of a stream that are in the batch being written.
+// taken records DATA bytes of a stream that are in the batch being written:
+// from its send buffer, or from the caller's slice of a Write (direct).
 type taken struct {
-	st *Stream
-	n  int
+	st     *Stream
+	n      int
+	end    int // the batch's length up to the end of this payload
+	direct bool
 }
 
 // batch is the frames of one write to the connection: headers encoded
@@ -35,6 +38,7 @@ type batch struct {
 	settled   []*Stream // streams whose FIN is in the batch
 	frames    int
 	dataBytes int
+	size      int   // bytes in the batch
 	err       error // an encode error: a bug, which ends the session
 }
 
@@ -50,7 +54,7 @@ func (b *batch) reset() {
 	b.taken = b.taken[:0]
 	clear(b.settled)
 	b.settled = b.settled[:0]
-	b.frames, b.dataBytes = 0, 0
+	b.frames, b.dataBytes, b.size = 0, 0, 0
 }
 
 // release gives the arena back, for a writer about to stop, and lets go
@@ -85,6 +89,7 @@ func (b *batch) frame(f wire.Frame) {
 	b.hdrs = hdrs
 	b.bufs = append(b.bufs, hdrs[start:])
 	b.frames++
+	b.size += len(hdrs) - start
 }
 
 // data appends a DATA frame f of st whose payload is the f.Length bytes of
@@ -93,8 +98,19 @@ func (b *batch) data(st *Stream, f wire.Frame, q *byteQueue, off int) {
 	b.frame(f)
 	k := int(f.Length)
 	b.bufs = q.slices(off, k, b.bufs)
-	b.taken = append(b.taken, taken{st, k})
 	b.dataBytes += k
+	b.size += k
+	b.taken = append(b.taken, taken{st, k, b.size, false})
+}
+
+// direct appends a DATA frame f of st whose payload is p, the bytes of a
+// Write waiting for them to be written.
+func (b *batch) direct(st *Stream, f wire.Frame, p []byte) {
+	b.frame(f)
+	b.bufs = append(b.bufs, p)
+	b.dataBytes += len(p)
+	b.size += len(p)
+	b.taken = append(b.taken, taken{st, len(p), b.size, true})
 }
 
 // settle records that st's FIN is in the batch.
@@ -125,20 +141,23 @@ func (e *encoder) init(conn net.Conn, timeout time.Duration, now func() int64) {
 	}
 }
 
-// write puts the batch on the connection.
-func (e *encoder) write(b *batch) error {
+// write puts the batch on the connection, and reports how many of its
+// bytes the connection took.
+func (e *encoder) write(b *batch) (int, error) {
 	e.armDeadline()
 	var err error
+	var n int
 	if e.vectored {
 		e.iov = b.bufs
-		_, err = e.iov.WriteTo(e.conn)
+		var n64 int64
+		n64, err = e.iov.WriteTo(e.conn)
+		n = int(n64)
 		e.iov = nil
 	} else {
 		e.stage = e.stage[:0]
 		for _, p := range b.bufs {
 			e.stage = append(e.stage, p...)
 		}
-		var n int
 		n, err = e.conn.Write(e.stage)
 		if err == nil && n < len(e.stage) {
 			// A Write that breaks io.Writer's contract: the frames are
@@ -152,7 +171,7 @@ func (e *encoder) write(b *batch) error {
 	if err == nil {
 		e.lastSend.Store(e.now())
 	}
-	return err
+	return n, err
 }
 
 // armDeadline moves the connection's write deadline to WriteTimeout from

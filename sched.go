@@ -127,6 +127,24 @@ func (q *scheduler) pushData(st *Stream) {
 	q.mu.Unlock()
 }
 
+// pushDirect queues st for its data as pushData does, but where no writer
+// is running it starts none: it reports true, and the caller, a Write
+// waiting for its own bytes to be written, is then the writer
+// (writer.serve). st.mu is held.
+func (q *scheduler) pushDirect(st *Stream) (own bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if e := q.entry(st); !e.data {
+		e.data = true
+		q.link(e)
+	}
+	if q.running || q.finished || !q.started || q.ending {
+		return false
+	}
+	q.running = true
+	return true
+}
+
 // link puts e last in the data ring. q.mu must be held.
 func (q *scheduler) link(e *schedEntry) {
 	if q.ring == nil {

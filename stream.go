@@ -96,13 +96,29 @@ type Stream struct {
 	// backlogged: waiting in the session's accept backlog (Session.mu).
 	backlogged bool
 	swin       flow.Send
-	rwait      waiter     // Reads waiting for data
-	wwait      waiter     // Writes waiting for credit or room
-	dl         *deadlines // nil until a deadline is first set
+	rwait      waiter       // Reads waiting for data
+	wwait      waiter       // Writes waiting for credit or room
+	dl         *deadlines   // nil until a deadline is first set
+	dw         *directWrite // nil until a Write first writes from its own slice
 	mem        *streamMemory
 
 	// The accept backlog's links (Session.mu).
 	acceptPrev, acceptNext *Stream
+}
+
+// directMin is the size from which a Write's bytes go to the connection
+// straight from the caller's slice (see Write) instead of being copied
+// into the stream's send buffer: below it, the copy costs less than
+// waiting for the connection write.
+const directMin = 16 << 10
+
+// directWrite is the part of a Write's slice that the writer sends from
+// where it lies. s.mu guards it.
+type directWrite struct {
+	p     []byte // the bytes to send; nil when no Write is sending directly
+	taken int    // leading bytes of p put in batches
+	busy  int    // bytes of p in a batch whose connection write has not returned
+	done  int    // bytes of p whose connection write succeeded
 }
 
 // streamMemory is what a stream reserved from Config.MemoryManager.
@@ -392,14 +408,26 @@ func (s *Stream) ReceiveWindow() uint32 {
 	return s.rwin.Advertised()
 }
 
-// Write writes p to the stream. It returns once every byte is accepted:
-// copied into the stream's send buffer within the peer's window, from
-// where it is delivered unless the stream is reset or the session dies
-// (Session.Close delivers it first, within Config.CloseLinger). It blocks
-// while the window or the buffer is full. On a deadline it returns the
-// n < len(p) bytes accepted so far with an error matching ErrTimeout;
-// nothing past n is ever sent, so writing p[n:] later neither duplicates
-// nor reorders data.
+// Write writes p to the stream. It blocks while the peer's window or the
+// send buffer is full, and returns once every byte is accepted.
+//
+// Writes smaller than 16 KiB are copied into the stream's send buffer,
+// within the peer's window, and Write returns at once: they are delivered
+// unless the stream is reset or the session dies (Session.Close delivers
+// them first, within Config.CloseLinger). Larger writes go to the
+// connection straight from p, with no copy: Write returns once the
+// connection has taken them, often writing them itself. On smux v1, which
+// has no per-stream windows, every write is copied: there a connection
+// write can wait as long as the peer stops reading its connection, and
+// only a copy lets the Write return at its deadline.
+//
+// On a deadline, Close, Reset or the end of the session, Write returns
+// the n < len(p) bytes accepted so far with an error (ErrTimeout for a
+// deadline). Nothing past n is ever sent, so writing p[n:] later neither
+// duplicates nor reorders data. If bytes of p are inside a connection
+// write at that moment, Write first waits for that one write to return,
+// which Config.WriteTimeout bounds: a deadline can be overrun by at most
+// one connection write.
 func (s *Stream) Write(p []byte) (n int, err error) {
 	s.mu.Lock()
 	waiting := false
@@ -416,13 +444,23 @@ func (s *Stream) Write(p []byte) (n int, err error) {
 		if n == len(p) {
 			return n, nil
 		}
-		if room := min(streamSendBuffer-s.send.len(), int(s.swin.Avail())); room > 0 {
-			k := min(room, len(p)-n)
-			s.send.write(p[n : n+k])
-			s.swin.Spend(uint32(k))
-			n += k
-			s.sess.w.sched.pushData(s)
-			continue
+		if !s.directBusy() {
+			if len(p)-n >= directMin && s.sess.window != flow.ModeNone {
+				k, err := s.writeDirect(p[n:])
+				n += k
+				if err != nil {
+					return n, err
+				}
+				continue
+			}
+			if room := min(streamSendBuffer-s.send.len(), int(s.swin.Avail())); room > 0 {
+				k := min(room, len(p)-n)
+				s.send.write(p[n : n+k])
+				s.swin.Spend(uint32(k))
+				n += k
+				s.sess.w.sched.pushData(s)
+				continue
+			}
 		}
 		if !waiting {
 			waiting = true
@@ -437,6 +475,77 @@ func (s *Stream) Write(p []byte) (n int, err error) {
 		}
 		s.mu.Lock()
 	}
+}
+
+// writeDirect sends p from where it lies and returns how much of it the
+// connection took: all of it, or, with an error, the whole frames written
+// before the Write had to end (see Write). The writer takes p a frame at
+// a time, spending credit as it does, and this Write writes the batches
+// itself when no writer runs. s.mu is held, and no other Write is
+// sending directly.
+func (s *Stream) writeDirect(p []byte) (int, error) {
+	if s.dw == nil {
+		s.dw = new(directWrite)
+	}
+	dw := s.dw
+	*dw = directWrite{p: p}
+	s.wwait.start(&s.sess.waits)
+	defer s.wwait.done(&s.sess.waits)
+	q := &s.sess.w.sched
+	for {
+		if dw.busy == 0 {
+			done := dw.done
+			err := s.writeErr()
+			if done == len(p) || err != nil {
+				// What was not taken is withdrawn: the writer no longer
+				// sees it, and anything queued behind it (a FIN) goes on.
+				*dw = directWrite{}
+				s.wwait.wake() // another Write may be waiting to go on
+				if err != nil && s.owesData() {
+					q.pushData(s)
+				}
+				return done, err
+			}
+		}
+		if s.directReady() && q.pushDirect(s) {
+			s.mu.Unlock()
+			s.sess.w.serve(s)
+			s.mu.Lock()
+			continue
+		}
+		ch := s.wwait.ch
+		var dl *deadline
+		var closing chan struct{}
+		if dw.busy == 0 {
+			// Bytes inside a connection write hold the Write until the
+			// write returns; otherwise it may end at once.
+			dl, closing = s.writeDeadline(), s.sess.closing
+		}
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-waitCh(dl):
+		case <-closing:
+		}
+		s.mu.Lock()
+	}
+}
+
+// directBusy reports whether a Write is sending from its own slice, which
+// other Writes must wait for. s.mu must be held.
+func (s *Stream) directBusy() bool { return s.dw != nil && s.dw.p != nil }
+
+// directPending is directReady for the writer, which does not hold s.mu.
+func (s *Stream) directPending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.directReady()
+}
+
+// directReady reports whether the writer can take bytes of a direct
+// Write now: some are left, and credit for them. s.mu must be held.
+func (s *Stream) directReady() bool {
+	return s.dw != nil && s.dw.taken < len(s.dw.p) && s.swin.Avail() > 0 && s.err == nil
 }
 
 // writeErr is the error a Write must return now, if any. s.mu must be held.

@@ -1,6 +1,7 @@
 package polymux
 
 import (
+	"math"
 	"time"
 
 	"github.com/polymux/polymux/internal/wire"
@@ -74,6 +75,9 @@ func (s *Stream) onCredit(value, window uint32) error {
 	defer s.mu.Unlock()
 	if err := s.swin.Apply(value, window); err != nil {
 		return protocolErr("stream %d: %v", s.id, err)
+	}
+	if s.directReady() {
+		s.sess.w.sched.pushData(s)
 	}
 	s.wwait.wake()
 	return nil
@@ -156,50 +160,62 @@ func (s *Stream) onData(n uint32) error {
 		s.mu.Lock()
 	}
 	s.rwin.Receive(n) // fits: checked above
-	remaining := int(n)
-	for remaining > 0 {
-		k := min(remaining, maxChunk)
-		if buffered := sess.rd.buffered(); buffered > 0 {
-			// Bytes already read from the connection: copy them in under
-			// the lock, which no read from the connection can block.
-			dst := s.recv.space(min(k, buffered))
-			k = len(dst)
+	if sess.rd.buffered() >= int(n) {
+		// All read from the connection already: copy it in under the
+		// lock, which no read from the connection can block.
+		for k := int(n); k > 0; {
+			dst := s.recv.space(k)
 			sess.rd.copyTo(dst)
-			s.recv.commit(k)
-		} else {
-			// Read the rest into a chunk of its own, without the lock,
-			// and add it whole.
-			c := getChunk(k)
-			s.mu.Unlock()
-			got, err := sess.rd.readFull(c.buf[:min(k, len(c.buf))])
-			c.w = got
-			s.mu.Lock()
-			if err != nil {
-				s.recv.push(c)
-				sess.nBuffered.Add(int64(got))
-				s.mu.Unlock()
-				return payloadErr(err)
-			}
-			k = got
-			s.recv.push(c)
+			s.recv.commit(len(dst))
+			k -= len(dst)
 		}
-		sess.nBuffered.Add(int64(k))
-		remaining -= k
-		if s.err != nil || s.in.shut() {
-			// Reset or CloseRead while the payload was read: drop it all.
-			dropped := s.recv.len()
-			s.recv.discard(dropped)
-			if s.err != nil {
-				sess.nBuffered.Add(-int64(dropped)) // fail released its budget
+	} else {
+		// Read the rest without the lock, into chunks of the frame's own
+		// that become readable together, once the frame is whole: a
+		// frame cut by the end of the connection delivers nothing, so
+		// the peer's Write, which counts only whole frames written, is
+		// never exceeded.
+		var frame byteQueue
+		for remaining := int(n); remaining > 0; {
+			k := min(remaining, maxChunk)
+			if buffered := sess.rd.buffered(); buffered > 0 {
+				dst := frame.space(min(k, buffered))
+				k = len(dst)
+				sess.rd.copyTo(dst)
+				frame.commit(k)
 			} else {
-				s.consumed(dropped)
-				s.forgo(remaining)
+				c := getChunk(k)
+				s.mu.Unlock()
+				got, err := sess.rd.readFull(c.buf[:min(k, len(c.buf))])
+				c.w = got
+				s.mu.Lock()
+				frame.push(c)
+				if err != nil {
+					frame.discard(frame.len())
+					s.forgo(int(n))
+					s.mu.Unlock()
+					return payloadErr(err)
+				}
+				k = got
 			}
-			s.mu.Unlock()
-			return sess.skipData(uint32(remaining))
+			remaining -= k
 		}
-		s.rwait.wake()
+		s.recv.splice(&frame)
 	}
+	sess.nBuffered.Add(int64(n))
+	if s.err != nil || s.in.shut() {
+		// Reset or CloseRead while the payload was read: drop it.
+		dropped := s.recv.len()
+		s.recv.discard(dropped)
+		if s.err != nil {
+			sess.nBuffered.Add(-int64(dropped)) // fail released its budget
+		} else {
+			s.consumed(dropped)
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	s.rwait.wake()
 	s.mu.Unlock()
 	return nil
 }
@@ -260,9 +276,9 @@ func (s *Stream) appendControl(b *batch) {
 }
 
 // popData appends the stream's control frames, then one DATA frame of at
-// most max buffered bytes, then its FIN once everything before it is in
-// the batch. It reports whether the stream has more data to send. Only
-// the writer calls it.
+// most max bytes, from its send buffer or else from a direct Write, then
+// its FIN once everything before it is in the batch. It reports whether
+// the stream has more data to send. Only the writer calls it.
 func (s *Stream) popData(b *batch, max int) (more bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -274,15 +290,22 @@ func (s *Stream) popData(b *batch, max int) (more bool) {
 			b.data(s, wire.Frame{Type: wire.TypeData, Stream: s.id, Length: uint32(k)}, &s.send, int(s.inflight))
 			s.inflight += int32(k)
 			avail -= k
+		} else if s.directReady() {
+			dw := s.dw
+			k := min(len(dw.p)-dw.taken, max, int(min(s.swin.Avail(), math.MaxInt32)))
+			s.swin.Spend(uint32(k))
+			b.direct(s, wire.Frame{Type: wire.TypeData, Stream: s.id, Length: uint32(k)}, dw.p[dw.taken:dw.taken+k])
+			dw.taken += k
+			dw.busy += k
 		}
 	}
 	// An aborted stream sends its FIN only where the abort is a FIN (smux).
-	if s.out == sendClosing && avail == 0 && (s.err == nil || !s.sess.caps.Reset) {
+	if s.out == sendClosing && avail == 0 && !s.directBusy() && (s.err == nil || !s.sess.caps.Reset) {
 		s.out = sendDone
 		b.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagFIN, Stream: s.id})
 		b.settle(s)
 	}
-	more = avail > 0
+	more = avail > 0 || s.directReady()
 	s.sess.w.sched.served(s, more)
 	return more
 }
@@ -290,22 +313,30 @@ func (s *Stream) popData(b *batch, max int) (more bool) {
 // owesData reports whether the stream has data or a FIN for the writer.
 // s.mu must be held.
 func (s *Stream) owesData() bool {
-	if s.out == sendClosing && (s.err == nil || !s.sess.caps.Reset) {
+	if s.err == nil && (s.send.len() > int(s.inflight) || s.directReady()) {
 		return true
 	}
-	return s.err == nil && s.send.len() > int(s.inflight)
+	return s.out == sendClosing && !s.directBusy() && (s.err == nil || !s.sess.caps.Reset)
 }
 
-// sent releases n bytes of the send buffer that a batch carried, once
-// the connection has taken them (or failed).
-func (s *Stream) sent(n int) {
+// sent releases n bytes that a batch carried, once the connection write
+// returned (ok if it succeeded): from the send buffer, or of a direct
+// Write, which learns how many of its bytes the connection took.
+func (s *Stream) sent(n int, direct, ok bool) {
 	s.mu.Lock()
-	if s.wwait.n > 0 {
+	switch {
+	case direct:
+		s.dw.busy -= n
+		if ok {
+			s.dw.done += n
+		}
+	case s.wwait.n > 0:
 		s.send.discardKeep(n) // the waiting Write fills it again
-	} else {
+		s.inflight -= int32(n)
+	default:
 		s.send.discard(n)
+		s.inflight -= int32(n)
 	}
-	s.inflight -= int32(n)
 	if s.inflight == 0 && s.err != nil {
 		s.send.discard(s.send.len())
 	}
