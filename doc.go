@@ -23,7 +23,9 @@
 // would exceed it resets the stream (or, on smux, waits for the
 // application to read). A Write copies at most the peer's window into the
 // stream and never more than 256 KiB, so a peer that stops reading costs a
-// bounded amount of memory.
+// bounded amount of memory; a Write of 256 KiB or more copies nothing and
+// goes to the connection straight from the caller's slice (except on smux
+// v1, which has no windows), returning once the connection has taken it.
 //
 // # What each protocol lacks
 //
