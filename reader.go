@@ -402,8 +402,9 @@ func (fr *frameReader) fill(want int) error {
 	return err
 }
 
-// Peek returns the next n bytes without consuming them (n at most
-// wire.MinReadBuffer).
+// Peek returns the next n bytes without consuming them. The codecs peek
+// at most wire.MinReadBuffer bytes, onData up to smallPayload; n must not
+// exceed readBufferSize.
 func (fr *frameReader) Peek(n int) ([]byte, error) {
 	for fr.w-fr.r < n {
 		if err := fr.fill(n - (fr.w - fr.r)); err != nil {

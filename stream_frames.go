@@ -102,6 +102,10 @@ func (s *Stream) onFin() {
 	s.settle()
 }
 
+// smallPayload is the payload size up to which onData reads a payload into
+// the read buffer before taking it, rather than into chunks of its own.
+const smallPayload = directRead
+
 // onData reads n payload bytes into the receive buffer, straight from the
 // connection. Data the application no longer wants is dropped; a window
 // overrun breaks the protocol (or, where the protocol says so, resets the
@@ -160,6 +164,18 @@ func (s *Stream) onData(n uint32) error {
 		s.mu.Lock()
 	}
 	s.rwin.Receive(n) // fits: checked above
+	if buffered := sess.rd.buffered(); buffered < int(n) && n <= smallPayload {
+		// A small payload not all read yet: read the rest into the read
+		// buffer, without the lock, and take it in one piece.
+		s.mu.Unlock()
+		_, err := sess.rd.Peek(int(n))
+		s.mu.Lock()
+		if err != nil {
+			s.forgo(int(n))
+			s.mu.Unlock()
+			return payloadErr(err)
+		}
+	}
 	if sess.rd.buffered() >= int(n) {
 		// All read from the connection already: copy it in under the
 		// lock, which no read from the connection can block.
