@@ -499,6 +499,21 @@ func TestGoYamuxReadFailsOnceItsSessionEnds(t *testing.T) {
 // stream had ended cleanly. Here polymux writes 1,000 bytes, closes the
 // stream and the session; muxado reads only after its session has died.
 func TestMuxadoSessionEndHidesEOF(t *testing.T) {
+	// The bug depends on muxado's own scheduling: about 1 run in 40 its
+	// stream reads io.EOF after all. It must show at least once in ten.
+	for try := range 10 {
+		if muxadoSessionEndHidesEOF(t) {
+			return
+		}
+		t.Logf("try %d: muxado read every byte and io.EOF", try+1)
+	}
+	t.Fatal("muxado read every byte and io.EOF after its session died, ten times in a row: the bug seems fixed; drop the exception in TestPolymuxCloseDeliversEveryByte")
+}
+
+// muxadoSessionEndHidesEOF runs the scenario once and reports whether the
+// bug showed; anything else than every byte followed by io.EOF or muxado's
+// "session closed" fails the test.
+func muxadoSessionEndHidesEOF(t *testing.T) bool {
 	c := cell{muxes.Muxado, true}
 	peerTap := &tapConn{reads: true}
 	e := newEnvWrapped(t, c, muxes.Options{}, 30*time.Second, nil, peerTap.wrap)
@@ -531,12 +546,13 @@ func TestMuxadoSessionEndHidesEOF(t *testing.T) {
 		t.Fatalf("muxado read %d of %d bytes, then %v", len(res.got), len(data), errOrEOF(res.err))
 	}
 	if res.err == nil {
-		t.Fatal("muxado read every byte and io.EOF after its session died: the bug seems fixed; drop the exception in TestPolymuxCloseDeliversEveryByte")
+		return false
 	}
 	if !isMuxadoSessionClosed(res.err) {
 		t.Fatalf("muxado read every byte, then %v; want io.EOF, or its bug's \"session closed\"", res.err)
 	}
 	t.Logf("ngrok/muxado bug confirmed: the FIN arrived, every byte was read, then %q instead of io.EOF", res.err)
+	return true
 }
 
 // frameLog lists the last frames of b, one direction of a connection.
