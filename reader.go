@@ -339,9 +339,11 @@ func (s *Session) awaitAccept() bool {
 const readBufferSize = 64 << 10
 
 // idleReadSize is the inline buffer the frame reader waits on while the
-// connection is quiet: room for any header, so an idle session pins no
-// large buffer.
-const idleReadSize = 64
+// connection is quiet: room for any header and a small request after it,
+// so an idle session pins no large buffer, and a quiet session's small
+// frame arrives in one read. At 64 B a 64 B request came in two reads,
+// which cost 6-10% of the rpc rate on smux v2 and muxado.
+const idleReadSize = 512
 
 var readBuffers = bufferStack{size: readBufferSize, max: 16}
 
