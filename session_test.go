@@ -822,9 +822,12 @@ func TestAGoroutineFreeStreamModel(t *testing.T) {
 			a, b := openAccept(t, cli, srv)
 			streams = append(streams, a, b)
 		}
-		if grown := runtime.NumGoroutine() - mid; grown > 0 {
-			t.Fatalf("100 open streams added %d goroutines", grown)
-		}
+		// A writer goroutine may still be at work on the last frames (it
+		// runs only while there is something to send): the count must
+		// come back down, with 200 streams open.
+		eventually(t, 5*time.Second, "no goroutine per open stream", func() bool {
+			return runtime.NumGoroutine() <= mid
+		})
 		for _, st := range streams {
 			st.Close()
 		}
