@@ -28,9 +28,12 @@ type chunk struct {
 const keptChunks = 32
 
 // chunkStacks hold the kept free chunks of each class.
-var chunkStacks [len(chunkSizes)]struct {
-	mu   sync.Mutex
-	free []*chunk
+var chunkStacks [len(chunkSizes)]freeList[*chunk]
+
+func init() {
+	for i := range chunkStacks {
+		chunkStacks[i].max = keptChunks
+	}
 }
 
 // getChunk returns an empty chunk of the smallest class holding size bytes
@@ -43,16 +46,9 @@ func getChunk(size int) *chunk {
 			break
 		}
 	}
-	st := &chunkStacks[class]
-	st.mu.Lock()
-	if n := len(st.free); n > 0 {
-		c := st.free[n-1]
-		st.free[n-1] = nil
-		st.free = st.free[:n-1]
-		st.mu.Unlock()
+	if c, ok := chunkStacks[class].pop(); ok {
 		return c
 	}
-	st.mu.Unlock()
 	if c, ok := chunkPools[class].Get().(*chunk); ok {
 		return c
 	}
@@ -61,18 +57,9 @@ func getChunk(size int) *chunk {
 
 func putChunk(c *chunk) {
 	c.r, c.w, c.next = 0, 0, nil
-	st := &chunkStacks[c.class]
-	st.mu.Lock()
-	if len(st.free) < keptChunks {
-		if st.free == nil {
-			st.free = make([]*chunk, 0, keptChunks)
-		}
-		st.free = append(st.free, c)
-		st.mu.Unlock()
-		return
+	if !chunkStacks[c.class].push(c) {
+		chunkPools[c.class].Put(c)
 	}
-	st.mu.Unlock()
-	chunkPools[c.class].Put(c)
 }
 
 // byteQueue is a FIFO of bytes in pooled chunks. It is not synchronised:
@@ -224,38 +211,64 @@ func (q *byteQueue) slices(off, k int, bufs [][]byte) [][]byte {
 	return bufs
 }
 
+// freeList keeps up to max free things between uses, safe for concurrent
+// use. Unlike a sync.Pool, the garbage collector never empties it (and the
+// race detector never drops what is put back); what it keeps is bounded.
+type freeList[T any] struct {
+	max  int
+	mu   sync.Mutex // guards free
+	free []T
+}
+
+// pop takes a kept thing, if there is one.
+func (l *freeList[T]) pop() (v T, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(l.free)
+	if n == 0 {
+		return v, false
+	}
+	v = l.free[n-1]
+	var zero T
+	l.free[n-1] = zero
+	l.free = l.free[:n-1]
+	return v, true
+}
+
+// push keeps v, unless max things are kept already.
+func (l *freeList[T]) push(v T) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.free) >= l.max {
+		return false
+	}
+	l.free = append(l.free, v)
+	return true
+}
+
 // bufferStack lends large buffers (read buffers, header arenas) to the
 // sessions whose frames are flowing, and keeps up to max of them between
-// loans, so sessions that go quiet and busy again reuse the same few
-// rather than allocating: a sync.Pool would do, but it may drop what is
-// put back (always some of it under the race detector). What it keeps is
-// bounded: max buffers.
+// loans (a freeList), so sessions that go quiet and busy again reuse the
+// same few rather than allocating.
 type bufferStack struct {
-	size, max int
-	mu        sync.Mutex // guards free
-	free      []*[]byte
+	size int
+	freeList[*[]byte]
 }
 
 // get returns a buffer of length size.
 func (b *bufferStack) get() *[]byte {
-	b.mu.Lock()
-	if n := len(b.free); n > 0 {
-		p := b.free[n-1]
-		b.free[n-1] = nil
-		b.free = b.free[:n-1]
-		b.mu.Unlock()
+	if p, ok := b.pop(); ok {
 		return p
 	}
-	b.mu.Unlock()
 	p := make([]byte, b.size)
 	return &p
 }
 
 // put gives a buffer from get back.
-func (b *bufferStack) put(p *[]byte) {
-	b.mu.Lock()
-	if len(b.free) < b.max {
-		b.free = append(b.free, p)
-	}
-	b.mu.Unlock()
+func (b *bufferStack) put(p *[]byte) { b.push(p) }
+
+// newBufferStack returns a bufferStack of buffers of size bytes, keeping
+// up to max.
+func newBufferStack(size, max int) *bufferStack {
+	return &bufferStack{size: size, freeList: freeList[*[]byte]{max: max}}
 }

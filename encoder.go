@@ -14,7 +14,7 @@ import (
 // headerArena is the room for encoded headers in one batch.
 const headerArena = 64 << 10
 
-var arenas = bufferStack{size: headerArena, max: 16}
+var arenas = newBufferStack(headerArena, 16)
 
 // taken records DATA bytes of a stream that are in the batch being written:
 // from its send buffer, or from the caller's slice of a Write (direct).

@@ -345,7 +345,7 @@ const readBufferSize = 64 << 10
 // which cost 6-10% of the rpc rate on smux v2 and muxado.
 const idleReadSize = 512
 
-var readBuffers = bufferStack{size: readBufferSize, max: 16}
+var readBuffers = newBufferStack(readBufferSize, 16)
 
 // frameReader is the read loop's buffered reader, implementing the
 // wire.Reader codecs read from. While frames flow it reads into a pooled
