@@ -193,28 +193,29 @@ func (s *Stream) onData(n uint32) error {
 		// never exceeded.
 		var frame byteQueue
 		for remaining := int(n); remaining > 0; {
+			// A chunk per piece: what is buffered, then the rest read
+			// into the same chunk.
 			k := min(remaining, maxChunk)
-			if buffered := sess.rd.buffered(); buffered > 0 {
-				dst := frame.space(min(k, buffered))
-				k = len(dst)
-				sess.rd.copyTo(dst)
-				frame.commit(k)
-			} else {
-				c := getChunk(k)
+			c := getChunk(k)
+			dst := c.buf[:min(k, len(c.buf))]
+			got := min(len(dst), sess.rd.buffered())
+			sess.rd.copyTo(dst[:got])
+			if got < len(dst) {
 				s.mu.Unlock()
-				got, err := sess.rd.readFull(c.buf[:min(k, len(c.buf))])
-				c.w = got
+				m, err := sess.rd.readFull(dst[got:])
 				s.mu.Lock()
-				frame.push(c)
 				if err != nil {
+					putChunk(c)
 					frame.discard(frame.len())
 					s.forgo(int(n))
 					s.mu.Unlock()
 					return payloadErr(err)
 				}
-				k = got
+				got += m
 			}
-			remaining -= k
+			c.w = got
+			frame.push(c)
+			remaining -= got
 		}
 		s.recv.splice(&frame)
 	}
