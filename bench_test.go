@@ -68,6 +68,9 @@ func BenchmarkThroughput(b *testing.B) {
 						cli.Close()
 						srv.Close()
 					})
+					// How far the readers fell behind: smux v1 has no
+					// windows, so only the read loop's yield bounds it.
+					b.ReportMetric(float64(srv.Stats().BufferedPeak)/(1<<20), "peak-MiB-buffered")
 				})
 			}
 		}

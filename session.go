@@ -106,6 +106,7 @@ type Session struct {
 	rtt         atomic.Int64 // last measured ping round trip
 	minRTT      atomic.Int64 // least round trip seen, for window tuning
 	nBuffered   atomic.Int64 // received bytes not yet read
+	peakBuf     atomic.Int64 // nBuffered's high-water mark; only the read loop stores it
 	nOpened     atomic.Uint64
 	nAccepted   atomic.Uint64
 	nRefused    atomic.Uint64
@@ -764,6 +765,7 @@ func (s *Session) Stats() Stats {
 		FramesSent:      s.nFramesSent.Load(),
 		FramesReceived:  s.nFramesRecv.Load(),
 		BufferedBytes:   s.nBuffered.Load(),
+		BufferedPeak:    s.peakBuf.Load(),
 		BudgetUsed:      s.budget.Used(),
 		RTT:             time.Duration(s.rtt.Load()),
 	}
@@ -781,6 +783,7 @@ type Stats struct {
 	FramesSent      uint64        // frames of every kind
 	FramesReceived  uint64        // frames of every kind
 	BufferedBytes   int64         // received data not yet read by the application
+	BufferedPeak    int64         // the most BufferedBytes has been, since the session began
 	BudgetUsed      int64         // MaxSessionBuffer in use: buffered data plus receive-window growth reserved for it
 	RTT             time.Duration // last measured round trip; 0 when unknown
 }

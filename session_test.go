@@ -705,6 +705,29 @@ func TestCloseWithUnreadDataResetsThePeer(t *testing.T) {
 	})
 }
 
+func TestBufferedPeakKeepsTheHighWaterMark(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cli, srv := e.pair(t, nil, nil)
+		a, b := openAccept(t, cli, srv)
+		if got := srv.Stats().BufferedPeak; got != 0 {
+			t.Fatalf("BufferedPeak %d before any data", got)
+		}
+		for _, size := range []int{3000, 1000} {
+			if _, err := a.Write(make([]byte, size)); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 5*time.Second, "data to arrive", func() bool { return srv.Stats().BufferedBytes == int64(size) })
+			if _, err := io.ReadFull(b, make([]byte, size)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st := srv.Stats()
+		if st.BufferedBytes != 0 || st.BufferedPeak != 3000 {
+			t.Fatalf("after reading everything: BufferedBytes %d, BufferedPeak %d; want 0 and 3000", st.BufferedBytes, st.BufferedPeak)
+		}
+	})
+}
+
 func TestCloseReadDropsDataAndKeepsThePeerWriting(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		cli, srv := e.pair(t, nil, nil)

@@ -2,10 +2,21 @@ package polymux
 
 import (
 	"math"
+	"runtime"
 	"time"
 
+	"github.com/polymux/polymux/internal/flow"
 	"github.com/polymux/polymux/internal/wire"
 )
+
+// yieldBacklog is the unread backlog of one stream past which, on a
+// protocol without windows (smux v1), the read loop yields its processor
+// after each frame it queues. The reader it woke then runs, rather than
+// wait in the read loop's run queue for a whole time slice while the
+// backlog grows at the connection's speed: tens of MiB, up to
+// MaxSessionBuffer, whose chunks outgrow the free lists and are made
+// anew after each collection. With windows the peer's credit bounds it.
+const yieldBacklog = 1 << 20
 
 // The frames a stream receives (from the session's read loop) and the
 // frames it owes (to the writer).
@@ -219,7 +230,9 @@ func (s *Stream) onData(n uint32) error {
 		}
 		s.recv.splice(&frame)
 	}
-	sess.nBuffered.Add(int64(n))
+	if b := sess.nBuffered.Add(int64(n)); b > sess.peakBuf.Load() {
+		sess.peakBuf.Store(b)
+	}
 	if s.err != nil || s.in.shut() {
 		// Reset or CloseRead while the payload was read: drop it.
 		dropped := s.recv.len()
@@ -233,7 +246,11 @@ func (s *Stream) onData(n uint32) error {
 		return nil
 	}
 	s.rwait.wake()
+	yield := sess.window == flow.ModeNone && s.recv.len() >= yieldBacklog
 	s.mu.Unlock()
+	if yield {
+		runtime.Gosched()
+	}
 	return nil
 }
 
