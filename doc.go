@@ -26,6 +26,8 @@
 // bounded amount of memory; a Write of 256 KiB or more copies nothing and
 // goes to the connection straight from the caller's slice (except on smux
 // v1, which has no windows), returning once the connection has taken it.
+// A Read waiting with room for the next payload gets it placed straight
+// in its buffer once it has all been received.
 //
 // # What each protocol lacks
 //

@@ -7,7 +7,16 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
+
+// An idle stream's cost starts with its struct: it must stay within the
+// 256-byte size class (flow.Recv's layout is part of that).
+func TestStreamFitsIn256Bytes(t *testing.T) {
+	if size := unsafe.Sizeof(Stream{}); size > 256 {
+		t.Fatalf("Stream is %d bytes, more than 256", size)
+	}
+}
 
 // countingMemory is a Config.MemoryManager that counts every reservation
 // of every stream, and denies those at or below a priority.

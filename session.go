@@ -46,9 +46,10 @@ type Session struct {
 	// client's first bytes. Those fields are read only after it is closed.
 	detected chan struct{}
 
-	rd frameReader // owned by the read loop
-	w  writer
-	ka keepalive
+	rd    frameReader // owned by the read loop
+	ready func() int  // bytes rd can return without blocking (see readyProbe); nil where unknown
+	w     writer
+	ka    keepalive
 	// The fixed-duration stream timeouts, one timer each for the session.
 	openTimeouts, closeTimeouts timeouts
 	waits                       waitChans // for blocked stream calls
@@ -171,6 +172,7 @@ func startSession(conn net.Conn, rd io.Reader, cfg *Config, client bool) (*Sessi
 		done:       make(chan struct{}),
 	}
 	s.rd.conn = rd
+	s.ready = readyProbe(conn, rd)
 	s.view.s = s
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

@@ -100,6 +100,7 @@ type Stream struct {
 	wwait      waiter       // Writes waiting for credit or room
 	dl         *deadlines   // nil until a deadline is first set
 	dw         *directWrite // nil until a Write first writes from its own slice
+	dr         *readOffer   // a waiting Read's buffer, offered to the read loop; nil when none
 	mem        *streamMemory
 
 	// The accept backlog's links (Session.mu).
@@ -253,10 +254,20 @@ func (s *Stream) writeDeadline() *deadline {
 // ErrStreamReset after a reset (a *StreamError with its code), and an
 // error matching ErrTimeout when the read deadline passes. Bytes that
 // arrived before the session ended can still be read after it ended.
+//
+// While a Read waits, its buffer is offered to the session's read loop,
+// which places whole payloads that fit straight into it, instead of into
+// the stream's buffer to be copied out, once they have all been received:
+// a payload still on its way is never waited for there, so a stalled peer
+// cannot make the Read miss its deadline.
 func (s *Stream) Read(p []byte) (n int, err error) {
 	s.mu.Lock()
 	waiting := false
+	var offer *readOffer // p, offered to the read loop while this Read waits
 	defer func() {
+		if offer != nil {
+			s.withdraw(offer)
+		}
 		if waiting {
 			s.rwait.done(&s.sess.waits)
 		}
@@ -264,6 +275,21 @@ func (s *Stream) Read(p []byte) (n int, err error) {
 	}()
 	ended := false // the session ended: return what is buffered, then its error
 	for {
+		if offer != nil {
+			if offer.busy {
+				// The read loop is reading a payload into p, from bytes
+				// the connection has already received (see onData):
+				// whatever else happens, wait until it is done.
+				ch := offer.ch
+				s.mu.Unlock()
+				<-ch
+				s.mu.Lock()
+				continue
+			}
+			if offer.n > 0 {
+				return offer.n, nil
+			}
+		}
 		if s.closed {
 			return 0, ErrStreamClosed
 		}
@@ -298,7 +324,10 @@ func (s *Stream) Read(p []byte) (n int, err error) {
 			waiting = true
 			s.rwait.start(&s.sess.waits)
 		}
-		ch := s.rwait.ch
+		if offer == nil && s.dr == nil {
+			offer = s.offer(p)
+		}
+		ch, och := s.rwait.ch, offer.wakeCh()
 		// Once the session ends nothing more arrives, unless its read
 		// loop still delivers what was on its way (an end the
 		// application did not ask for, such as a failed write): then
@@ -310,14 +339,65 @@ func (s *Stream) Read(p []byte) (n int, err error) {
 		s.mu.Unlock()
 		select {
 		case <-ch:
+		case <-och:
 		case <-waitCh(dl):
 			s.mu.Lock()
-			return 0, ErrTimeout
+			if offer == nil {
+				return 0, ErrTimeout
+			}
+			// What the read loop put in p, or is putting there, comes
+			// first; then the deadline check fails the Read.
+			continue
 		case <-ending:
 			ended = ending == s.sess.readDone || s.sess.discard
 		}
 		s.mu.Lock()
 	}
+}
+
+// readOffer is a waiting Read's buffer, offered to the read loop, which
+// places whole payloads straight into it when they fit and have all been
+// received (see takeDirect): then the Read copies nothing. s.mu guards it.
+type readOffer struct {
+	p    []byte
+	n    int           // bytes of whole payloads placed in p
+	busy bool          // the read loop is reading into p without s.mu
+	ch   chan struct{} // signalled when n grows or busy ends
+}
+
+// readOffers keeps offers between Reads, so waiting costs no allocation.
+// Their channels come from the session (waitChans), never from another.
+var readOffers = freeList[*readOffer]{max: 256}
+
+// offer offers p to the read loop. s.mu must be held.
+func (s *Stream) offer(p []byte) *readOffer {
+	d, ok := readOffers.pop()
+	if !ok {
+		d = new(readOffer)
+	}
+	*d = readOffer{p: p, ch: s.sess.waits.get()}
+	s.dr = d
+	return d
+}
+
+// withdraw ends an offer that is not busy. s.mu must be held.
+func (s *Stream) withdraw(d *readOffer) {
+	s.dr = nil
+	select {
+	case <-d.ch:
+	default:
+	}
+	s.sess.waits.put(d.ch)
+	*d = readOffer{}
+	readOffers.push(d)
+}
+
+// wakeCh is the channel an offer's Read waits on; nil without an offer.
+func (d *readOffer) wakeCh() chan struct{} {
+	if d == nil {
+		return nil
+	}
+	return d.ch
 }
 
 // consumed accounts n bytes taken out of recv (read or dropped). s.mu

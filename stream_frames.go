@@ -175,6 +175,11 @@ func (s *Stream) onData(n uint32) error {
 		s.mu.Lock()
 	}
 	s.rwin.Receive(n) // fits: checked above
+	if d := s.dr; d != nil && s.recv.len() == 0 && len(d.p)-d.n >= int(n) {
+		if took, err := s.takeDirect(d, int(n)); took {
+			return err
+		}
+	}
 	if buffered := sess.rd.buffered(); buffered < int(n) && n <= smallPayload {
 		// A small payload not all read yet: read the rest into the read
 		// buffer, without the lock, and take it in one piece.
@@ -252,6 +257,48 @@ func (s *Stream) onData(n uint32) error {
 		runtime.Gosched()
 	}
 	return nil
+}
+
+// takeDirect places an n-byte payload straight into the buffer a waiting
+// Read offered, if it has all been received: already in the read buffer,
+// or, where the connection can tell (sess.ready), waiting in the socket,
+// so that reading it cannot block and the Read, which waits for it, keeps
+// its deadline. It reports false, with nothing consumed, when the payload
+// is still on its way; otherwise it releases s.mu. Bytes placed in p count
+// as read at once. s.mu must be held.
+func (s *Stream) takeDirect(d *readOffer, n int) (took bool, err error) {
+	sess := s.sess
+	dst := d.p[d.n : d.n+n]
+	if b := sess.rd.buffered(); b >= n {
+		sess.rd.copyTo(dst)
+	} else {
+		if sess.ready == nil || b+sess.ready() < n {
+			return false, nil
+		}
+		d.busy = true
+		s.mu.Unlock()
+		_, err = sess.rd.readFull(dst)
+		s.mu.Lock()
+		d.busy = false
+		if err != nil {
+			// Cut by the end of the connection: nothing is delivered.
+			notify(d.ch)
+			s.forgo(n)
+			s.mu.Unlock()
+			return true, payloadErr(err)
+		}
+	}
+	if s.err == nil {
+		// A reset meanwhile released the window's bytes; a CloseRead
+		// drops the payload, as for any that arrives after it.
+		s.forgo(n)
+		if !s.in.shut() {
+			d.n += n
+		}
+	}
+	notify(d.ch)
+	s.mu.Unlock()
+	return true, nil
 }
 
 // popControl appends the control frames the stream owes: open,

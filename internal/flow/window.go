@@ -115,15 +115,16 @@ func (s *Send) Update(consumed, window uint32) error {
 // exceeds that reservation. A stream therefore holds
 // max(buffered, window-initial) of the budget; Held reports it.
 type Recv struct {
-	mode       Mode
+	// Laid out in 40 bytes, which keeps a polymux Stream within 256.
+	epochStart time.Duration
 	window     uint32 // bytes this side promises to hold for the stream
 	base       uint32 // the protocol's initial window: never reserved
 	credit     uint32 // bytes the peer may send before the next update
 	buffered   uint32 // received and not yet read
 	pending    uint32 // read (or dropped) and not yet returned to the peer
 	consumed   uint32 // total read or dropped, mod 2^32 (absolute windows)
-	epochStart time.Duration
 	epochRead  uint32
+	mode       Mode
 }
 
 // NewRecv returns a receive window of size window for a peer that assumes
