@@ -105,33 +105,31 @@ func waitCh(d *deadline) <-chan struct{} {
 // waitChans lends the one-slot channels blocked Reads and Writes wait on,
 // so that a stream nobody is waiting on holds none. Each session keeps its
 // own (a channel belongs with the goroutines of its session), and up to
-// maxSpareWaits between loans.
+// maxSpareWaits between loans. The Read offers (readOffer), which own a
+// channel each, are kept the same way.
 type waitChans struct {
-	mu   sync.Mutex // guards free
-	free []chan struct{}
+	free   freeList[chan struct{}]
+	offers freeList[*readOffer]
 }
 
 const maxSpareWaits = 64
 
+func newWaitChans() waitChans {
+	return waitChans{
+		free:   freeList[chan struct{}]{max: maxSpareWaits},
+		offers: freeList[*readOffer]{max: maxSpareWaits},
+	}
+}
+
 func (p *waitChans) get() chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if n := len(p.free); n > 0 {
-		ch := p.free[n-1]
-		p.free = p.free[:n-1]
+	if ch, ok := p.free.pop(); ok {
 		return ch
 	}
 	return make(chan struct{}, 1)
 }
 
 // put takes back an emptied channel.
-func (p *waitChans) put(ch chan struct{}) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.free) < maxSpareWaits {
-		p.free = append(p.free, ch)
-	}
-}
+func (p *waitChans) put(ch chan struct{}) { p.free.push(ch) }
 
 // waiter is a channel borrowed from a session's waitChans while at least
 // one call waits. Its methods run under the owner's mutex.

@@ -68,6 +68,36 @@ func TestReadsOfEverySizeGetTheBytesInOrder(t *testing.T) {
 	})
 }
 
+// A whole payload that arrives while a Read waits with room goes straight
+// into the Read's buffer: it is never held in the stream's buffer, so the
+// session's BufferedPeak stays 0.
+func TestAWaitingReadGetsAWholePayloadDirectly(t *testing.T) {
+	for _, proto := range protocols {
+		t.Run(proto.String(), func(t *testing.T) {
+			h := newHostileServer(t, nil)
+			p, s := h.dialRaw(proto)
+			id, st := openFirstStream(t, p, s)
+			payload := randomBytes(20 << 10)
+			done := make(chan []byte, 1)
+			go func() {
+				buf := make([]byte, 64<<10)
+				n, _ := st.Read(buf)
+				done <- buf[:n]
+			}()
+			eventually(t, 5*time.Second, "the Read to offer its buffer", func() bool { return offered(st) })
+			if err := p.sendRaw(append(p.encode(nil, dataFrame(id, len(payload))), payload...)); err != nil {
+				t.Fatal(err)
+			}
+			if got := <-done; !bytes.Equal(got, payload) {
+				t.Fatalf("the Read got %d bytes that are not the %d sent", len(got), len(payload))
+			}
+			if peak := s.Stats().BufferedPeak; peak != 0 {
+				t.Fatalf("the payload went through the stream's buffer (BufferedPeak %d)", peak)
+			}
+		})
+	}
+}
+
 // A peer sends a DATA header and part of its payload, then stalls. The
 // Read waiting with room for it still ends at its deadline, with nothing:
 // the read loop reads straight into a Read's buffer only bytes already

@@ -20,12 +20,8 @@ func readyProbe(conn net.Conn, rd io.Reader) func() int {
 	} else if rd != io.Reader(conn) {
 		return nil
 	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(conn)
+	if rc == nil {
 		return nil
 	}
 	// Made once, so that asking allocates nothing: only the read loop

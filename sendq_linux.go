@@ -13,12 +13,8 @@ func sendQueueProbe(c net.Conn) func() int {
 	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
 		c = nc.NetConn()
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(c)
+	if rc == nil {
 		return nil
 	}
 	return func() int {
@@ -31,4 +27,17 @@ func sendQueueProbe(c net.Conn) func() int {
 		})
 		return n
 	}
+}
+
+// rawConn is c's socket, for ioctls; nil where c has none.
+func rawConn(c net.Conn) syscall.RawConn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }

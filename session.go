@@ -170,6 +170,7 @@ func startSession(conn net.Conn, rd io.Reader, cfg *Config, client bool) (*Sessi
 		readDone:   make(chan struct{}),
 		writerDone: make(chan struct{}),
 		done:       make(chan struct{}),
+		waits:      newWaitChans(),
 	}
 	s.rd.conn = rd
 	s.ready = readyProbe(conn, rd)

@@ -310,15 +310,22 @@ func (s *Stream) Read(p []byte) (n int, err error) {
 			}
 			return n, nil
 		}
+		var end error
 		switch {
 		case s.in != recvOpen:
-			return 0, io.EOF
+			end = io.EOF
 		case s.err != nil:
-			return 0, s.err
+			end = s.err
 		case ended:
-			return 0, s.sess.closedErr()
+			end = s.sess.closedErr()
 		case len(p) == 0:
 			return 0, nil
+		}
+		if end != nil {
+			// One wake-up told of the end: pass it on to a concurrent
+			// Read, which would otherwise wait for good.
+			s.rwait.wake()
+			return 0, end
 		}
 		if !waiting {
 			waiting = true
@@ -359,23 +366,22 @@ func (s *Stream) Read(p []byte) (n int, err error) {
 // places whole payloads straight into it when they fit and have all been
 // received (see takeDirect): then the Read copies nothing. s.mu guards it.
 type readOffer struct {
-	p    []byte
-	n    int           // bytes of whole payloads placed in p
-	busy bool          // the read loop is reading into p without s.mu
-	ch   chan struct{} // signalled when n grows or busy ends
+	p      []byte
+	n      int           // bytes of whole payloads placed in p
+	busy   bool          // the read loop is reading into p without s.mu
+	sealed bool          // a payload went to the queue since: p takes no more
+	ch     chan struct{} // signalled when n grows or busy ends
 }
 
-// readOffers keeps offers between Reads, so waiting costs no allocation.
-// Their channels come from the session (waitChans), never from another.
-var readOffers = freeList[*readOffer]{max: 256}
-
-// offer offers p to the read loop. s.mu must be held.
+// offer offers p to the read loop. The session keeps offers between
+// Reads (waitChans), so waiting costs no allocation, and each offer's
+// channel stays with its session. s.mu must be held.
 func (s *Stream) offer(p []byte) *readOffer {
-	d, ok := readOffers.pop()
+	d, ok := s.sess.waits.offers.pop()
 	if !ok {
-		d = new(readOffer)
+		d = &readOffer{ch: make(chan struct{}, 1)}
 	}
-	*d = readOffer{p: p, ch: s.sess.waits.get()}
+	d.p = p
 	s.dr = d
 	return d
 }
@@ -387,9 +393,8 @@ func (s *Stream) withdraw(d *readOffer) {
 	case <-d.ch:
 	default:
 	}
-	s.sess.waits.put(d.ch)
-	*d = readOffer{}
-	readOffers.push(d)
+	*d = readOffer{ch: d.ch}
+	s.sess.waits.offers.push(d)
 }
 
 // wakeCh is the channel an offer's Read waits on; nil without an offer.

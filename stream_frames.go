@@ -175,10 +175,17 @@ func (s *Stream) onData(n uint32) error {
 		s.mu.Lock()
 	}
 	s.rwin.Receive(n) // fits: checked above
-	if d := s.dr; d != nil && s.recv.len() == 0 && len(d.p)-d.n >= int(n) {
-		if took, err := s.takeDirect(d, int(n)); took {
-			return err
+	if d := s.dr; d != nil {
+		if !d.sealed && s.recv.len() == 0 && len(d.p)-d.n >= int(n) {
+			if took, err := s.takeDirect(d, int(n)); took {
+				return err
+			}
 		}
+		// This payload goes to the queue, so no later one may go to p,
+		// even once another Read has taken the queue: a Read returns one
+		// run of the stream. (An offer made while a payload was being
+		// read into the queue sees it there: recv is not empty.)
+		d.sealed = true
 	}
 	if buffered := sess.rd.buffered(); buffered < int(n) && n <= smallPayload {
 		// A small payload not all read yet: read the rest into the read

@@ -68,6 +68,25 @@ func shapeCert(b *testing.B) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
 }
 
+// relayOnce accepts one connection on l and pumps it to a connection it
+// dials to next, wrapped by wrap if not nil.
+func relayOnce(l net.Listener, next string, wrap func(net.Conn) net.Conn) {
+	c, err := l.Accept()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	m, err := net.Dial("tcp", next)
+	if err != nil {
+		return
+	}
+	if wrap != nil {
+		m = wrap(m)
+	}
+	defer m.Close()
+	shapePump(m, c)
+}
+
 // shapeRun writes for benchDuration through hops relays (0 or 2) and
 // returns the MB/s the target read.
 func shapeRun(b *testing.B, hops int, useTLS bool) float64 {
@@ -97,36 +116,13 @@ func shapeRun(b *testing.B, hops int, useTLS bool) float64 {
 		if useTLS {
 			l2 = tls.NewListener(l2, &tls.Config{Certificates: []tls.Certificate{shapeCert(b)}})
 		}
-		go func(next string) {
-			c, err := l2.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			t, err := net.Dial("tcp", next)
-			if err != nil {
-				return
-			}
-			defer t.Close()
-			shapePump(t, c)
-		}(addr)
+		go relayOnce(l2, addr, nil)
 		l1 := listen()
-		go func(next string) {
-			c, err := l1.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			m, err := net.Dial("tcp", next)
-			if err != nil {
-				return
-			}
-			if useTLS {
-				m = tls.Client(m, &tls.Config{InsecureSkipVerify: true})
-			}
-			defer m.Close()
-			shapePump(m, c)
-		}(l2.Addr().String())
+		var wrap func(net.Conn) net.Conn
+		if useTLS {
+			wrap = func(m net.Conn) net.Conn { return tls.Client(m, &tls.Config{InsecureSkipVerify: true}) }
+		}
+		go relayOnce(l1, l2.Addr().String(), wrap)
 		addr = l1.Addr().String()
 	}
 	c, err := net.Dial("tcp", addr)
