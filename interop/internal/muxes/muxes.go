@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	hashicorp "github.com/hashicorp/yamux"
@@ -434,9 +435,57 @@ func MuxadoConfig(o Options) *muxado.Config {
 
 type muxadoSession struct{ s muxado.Session }
 
-func (m muxadoSession) Open(context.Context) (Stream, error) { return m.s.OpenStream() }
+func (m muxadoSession) Open(context.Context) (Stream, error) { return wrapMuxado(m.s.OpenStream()) }
 
-func (m muxadoSession) Accept(context.Context) (Stream, error) { return m.s.AcceptStream() }
+func (m muxadoSession) Accept(context.Context) (Stream, error) {
+	return wrapMuxado(m.s.AcceptStream())
+}
+
+func wrapMuxado(s muxado.Stream, err error) (Stream, error) {
+	if err != nil {
+		return nil, err
+	}
+	return &muxadoStream{Stream: s}, nil
+}
+
+// muxadoStream steps around a data race in muxado v2.0.2, which the race
+// detector reports at the end of tests: a write whose session dies while
+// the session's writer holds its frame returns at once (writeFrame
+// selects on the session's end), and the stream's next write, such as
+// the FIN that Close sends, packs the stream's one reused frame header
+// again while the writer may still be putting it on the connection. Once
+// a write failed because the session ended, CloseWrite and Close write
+// nothing more: the dead session has ended every stream already.
+type muxadoStream struct {
+	muxado.Stream
+	dead atomic.Bool // a write failed with muxado.SessionClosed
+}
+
+func (s *muxadoStream) failed(err error) error {
+	if code, _ := muxado.GetError(err); err != nil && code == muxado.SessionClosed {
+		s.dead.Store(true)
+	}
+	return err
+}
+
+func (s *muxadoStream) Write(p []byte) (int, error) {
+	n, err := s.Stream.Write(p)
+	return n, s.failed(err)
+}
+
+func (s *muxadoStream) CloseWrite() error {
+	if s.dead.Load() {
+		return nil
+	}
+	return s.failed(s.Stream.CloseWrite())
+}
+
+func (s *muxadoStream) Close() error {
+	if s.dead.Load() {
+		return nil
+	}
+	return s.Stream.Close()
+}
 
 func (m muxadoSession) Close() error { return m.s.Close() }
 func (m muxadoSession) Native() any  { return m.s }
