@@ -192,6 +192,9 @@ func (q *scheduler) remove(st *Stream) {
 func (q *scheduler) nextControl() *Stream {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.goAwayQ {
+		return nil // as in nextData
+	}
 	for q.ctrlHead < len(q.ctrl) {
 		e := q.ctrl[q.ctrlHead]
 		q.ctrl[q.ctrlHead] = nil
@@ -217,7 +220,10 @@ func (q *scheduler) nextControl() *Stream {
 func (q *scheduler) nextData() *Stream {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.ring == nil {
+	if q.ring == nil || q.goAwayQ {
+		// A GoAway queued after this batch took the session's frames
+		// ends the batch: bytes written after GoAway returned must not
+		// reach the peer before it.
 		return nil
 	}
 	return q.ring.st
