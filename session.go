@@ -505,6 +505,8 @@ func (s *Session) forget(st *Stream) {
 // GoAway tells the peer to open no more streams; streams already open
 // finish normally, and streams the peer opens later are refused. GoAway
 // goes out at most once per session: the final Close does not repeat it.
+// What any stream writes after GoAway returns reaches the peer after the
+// GoAway, so a peer that has read a reply sent later knows of it.
 // libp2p's go-yamux closes its whole session, and every stream in it, when
 // it receives GoAway, even with code 0; hashicorp/yamux and muxado keep
 // serving the open streams. To end a session gracefully with any peer,
