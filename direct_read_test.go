@@ -9,6 +9,19 @@ import (
 	"time"
 )
 
+// forEachRawStream runs f, for every protocol, on a stream a raw peer p
+// opened (id) to a session s of a hostile-peer server, accepted as st.
+func forEachRawStream(t *testing.T, f func(t *testing.T, p *rawPeer, s *Session, id uint32, st *Stream)) {
+	for _, proto := range protocols {
+		t.Run(proto.String(), func(t *testing.T) {
+			h := newHostileServer(t, nil)
+			p, s := h.dialRaw(proto)
+			id, st := openFirstStream(t, p, s)
+			f(t, p, s, id, st)
+		})
+	}
+}
+
 // offered reports whether a Read waits on st with its buffer offered to
 // the read loop.
 func offered(st *Stream) bool {
@@ -72,30 +85,25 @@ func TestReadsOfEverySizeGetTheBytesInOrder(t *testing.T) {
 // into the Read's buffer: it is never held in the stream's buffer, so the
 // session's BufferedPeak stays 0.
 func TestAWaitingReadGetsAWholePayloadDirectly(t *testing.T) {
-	for _, proto := range protocols {
-		t.Run(proto.String(), func(t *testing.T) {
-			h := newHostileServer(t, nil)
-			p, s := h.dialRaw(proto)
-			id, st := openFirstStream(t, p, s)
-			payload := randomBytes(20 << 10)
-			done := make(chan []byte, 1)
-			go func() {
-				buf := make([]byte, 64<<10)
-				n, _ := st.Read(buf)
-				done <- buf[:n]
-			}()
-			eventually(t, 5*time.Second, "the Read to offer its buffer", func() bool { return offered(st) })
-			if err := p.sendRaw(append(p.encode(nil, dataFrame(id, len(payload))), payload...)); err != nil {
-				t.Fatal(err)
-			}
-			if got := <-done; !bytes.Equal(got, payload) {
-				t.Fatalf("the Read got %d bytes that are not the %d sent", len(got), len(payload))
-			}
-			if peak := s.Stats().BufferedPeak; peak != 0 {
-				t.Fatalf("the payload went through the stream's buffer (BufferedPeak %d)", peak)
-			}
-		})
-	}
+	forEachRawStream(t, func(t *testing.T, p *rawPeer, s *Session, id uint32, st *Stream) {
+		payload := randomBytes(20 << 10)
+		done := make(chan []byte, 1)
+		go func() {
+			buf := make([]byte, 64<<10)
+			n, _ := st.Read(buf)
+			done <- buf[:n]
+		}()
+		eventually(t, 5*time.Second, "the Read to offer its buffer", func() bool { return offered(st) })
+		if err := p.sendRaw(append(p.encode(nil, dataFrame(id, len(payload))), payload...)); err != nil {
+			t.Fatal(err)
+		}
+		if got := <-done; !bytes.Equal(got, payload) {
+			t.Fatalf("the Read got %d bytes that are not the %d sent", len(got), len(payload))
+		}
+		if peak := s.Stats().BufferedPeak; peak != 0 {
+			t.Fatalf("the payload went through the stream's buffer (BufferedPeak %d)", peak)
+		}
+	})
 }
 
 // A peer sends a DATA header and part of its payload, then stalls. The
@@ -103,49 +111,44 @@ func TestAWaitingReadGetsAWholePayloadDirectly(t *testing.T) {
 // the read loop reads straight into a Read's buffer only bytes already
 // received. Once the rest arrives the payload is read whole.
 func TestAStalledPayloadLeavesAWaitingReadItsDeadline(t *testing.T) {
-	for _, proto := range protocols {
-		t.Run(proto.String(), func(t *testing.T) {
-			h := newHostileServer(t, nil)
-			p, s := h.dialRaw(proto)
-			id, st := openFirstStream(t, p, s)
-			payload := randomBytes(1000)
-			frame := p.encode(nil, dataFrame(id, len(payload)))
-			type result struct {
-				n   int
-				err error
+	forEachRawStream(t, func(t *testing.T, p *rawPeer, _ *Session, id uint32, st *Stream) {
+		payload := randomBytes(1000)
+		frame := p.encode(nil, dataFrame(id, len(payload)))
+		type result struct {
+			n   int
+			err error
+		}
+		done := make(chan result, 1)
+		buf := make([]byte, 4096)
+		st.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		go func() {
+			n, err := st.Read(buf)
+			done <- result{n, err}
+		}()
+		eventually(t, 5*time.Second, "the Read to offer its buffer", func() bool { return offered(st) })
+		if err := p.sendRaw(append(frame, payload[:10]...)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-done:
+			if r.n != 0 || !errors.Is(r.err, ErrTimeout) {
+				t.Fatalf("Read = %d, %v; want 0 and a timeout", r.n, r.err)
 			}
-			done := make(chan result, 1)
-			buf := make([]byte, 4096)
-			st.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-			go func() {
-				n, err := st.Read(buf)
-				done <- result{n, err}
-			}()
-			eventually(t, 5*time.Second, "the Read to offer its buffer", func() bool { return offered(st) })
-			if err := p.sendRaw(append(frame, payload[:10]...)); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case r := <-done:
-				if r.n != 0 || !errors.Is(r.err, ErrTimeout) {
-					t.Fatalf("Read = %d, %v; want 0 and a timeout", r.n, r.err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the Read outlived its deadline by 10 s while the payload stalled")
-			}
-			if err := p.sendRaw(payload[10:]); err != nil {
-				t.Fatal(err)
-			}
-			st.SetReadDeadline(time.Time{})
-			got := make([]byte, len(payload))
-			if _, err := io.ReadFull(st, got); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, payload) {
-				t.Fatal("the payload arrived changed")
-			}
-		})
-	}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the Read outlived its deadline by 10 s while the payload stalled")
+		}
+		if err := p.sendRaw(payload[10:]); err != nil {
+			t.Fatal(err)
+		}
+		st.SetReadDeadline(time.Time{})
+		got := make([]byte, len(payload))
+		if _, err := io.ReadFull(st, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, payload) {
+			t.Fatal("the payload arrived changed")
+		}
+	})
 }
 
 // Two Reads wait on one stream at once, one of them with its buffer
