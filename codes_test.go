@@ -1,10 +1,16 @@
 package polymux
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -141,5 +147,90 @@ func TestYamuxCodesOnTheWireAreWhereGoYamuxPutsThem(t *testing.T) {
 	go p.drain()
 	if err := <-closed; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// resetWrites is a connection whose writes, once armed, fail as a write
+// to a peer that closed with our bytes unread does: with ECONNRESET.
+type resetWrites struct {
+	net.Conn
+	armed  atomic.Bool
+	failed chan struct{} // closed at the first failed write
+	once   sync.Once
+}
+
+func (c *resetWrites) Write(p []byte) (int, error) {
+	if c.armed.Load() {
+		c.once.Do(func() { close(c.failed) })
+		return 0, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.ECONNRESET)}
+	}
+	return c.Conn.Write(p)
+}
+
+// A peer that sends GoAway with a code and closes its connection with our
+// bytes unread resets it, and a write of ours can fail on that reset before
+// the read loop reads the GoAway (the interop suite met this with
+// go-yamux's CloseWithError). The GoAway, read after the failed write,
+// still gives the session and its streams their error: the peer's code,
+// not the reset.
+func TestAGoAwayReadAfterAResetWriteGivesTheSessionItsCode(t *testing.T) {
+	for _, proto := range []Protocol{Yamux, MuxadoV2} {
+		t.Run(proto.String(), func(t *testing.T) {
+			checkLeaks(t)
+			const code = 0xdead_beef
+			c1, c2 := net.Pipe()
+			conn := &resetWrites{Conn: c1, failed: make(chan struct{})}
+			s, err := Server(conn, &Config{Protocol: proto})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			defer c2.Close()
+			codec, err := codecFor(proto)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := &rawPeer{t: t, conn: c2, codec: codec, br: bufio.NewReader(c2)}
+			id := p.clientID(0)
+			syn := synFrame(id)
+			syn.Type, syn.Length = wire.TypeData, 2
+			if err := p.send(syn, []byte("hi")); err != nil {
+				t.Fatal(err)
+			}
+			st, err := s.AcceptStream(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(st, make([]byte, 2)); err != nil {
+				t.Fatal(err)
+			}
+			// The session's replies so far (yamux's ACK) reach the peer;
+			// after that the peer reads nothing, as one that closed.
+			if proto == Yamux {
+				p.expect("ACK", func(f wire.Frame) bool { return f.Flags&wire.FlagACK != 0 })
+			}
+			conn.armed.Store(true)
+			if _, err := st.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			within(t, 5*time.Second, "the write to fail", func() { <-conn.failed })
+			eventually(t, 5*time.Second, "the session to end on the failed write", func() bool {
+				return errors.Is(s.Err(), syscall.ECONNRESET)
+			})
+			if err := p.send(wire.Frame{Type: wire.TypeGoAway, Value: code}, nil); err != nil {
+				t.Fatal(err)
+			}
+			c2.Close()
+			_, err = st.Read(make([]byte, 1))
+			var se *SessionError
+			if !errors.As(err, &se) || se.Code != code || !se.Remote || !errors.Is(err, ErrGoAway) || !errors.Is(err, ErrSessionClosed) {
+				t.Fatalf("Read after the peer's GoAway: %v, want a remote SessionError with code %#x", err, code)
+			}
+			within(t, 5*time.Second, "the session to end", func() { <-s.Done() })
+			if err := s.Err(); !errors.As(err, &se) || se.Code != code || !se.Remote {
+				t.Fatalf("Session.Err: %v, want a remote SessionError with code %#x", err, code)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/polymux/polymux/internal/wire"
@@ -156,7 +157,30 @@ func (s *Session) onGoAway(f wire.Frame) {
 			err = fmt.Errorf("%w: peer reported a protocol error: %w", ErrProtocol, err)
 		}
 		s.shutdown(err, wire.CodeNone)
+		s.explain(err)
 	}
+}
+
+// explain makes the peer's GoAway, with its reason, the session's error
+// when the session had already ended on a write that failed because the
+// peer closed its end: a peer that closes with our bytes unread makes its
+// kernel answer with a reset, and a write racing its GoAway then fails
+// first. What the peer sent before it closed says why the session ended;
+// "connection reset by peer" does not. Streams learn the session's error
+// once the read loop ends (finish), so they see the reason too.
+func (s *Session) explain(reason error) {
+	p := s.err.Load()
+	if p == nil || !closedByPeer(*p) {
+		return
+	}
+	err := fmt.Errorf("%w: %w", ErrSessionClosed, reason)
+	s.err.CompareAndSwap(p, &err)
+}
+
+// closedByPeer reports whether err is a connection error that the peer
+// closing its end causes: a reset, or a broken pipe.
+func closedByPeer(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // skip discards the payload of a frame nobody will read.

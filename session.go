@@ -713,7 +713,11 @@ func (s *Session) resetCode(reason wire.Code) uint32 {
 // goroutines have exited.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
-// Err returns why the session ended, or nil while it is open.
+// Err returns why the session ended, or nil while it is open. One error
+// can give way to a better one while the session ends: a write that failed
+// because the peer reset the connection is replaced by the peer's GoAway
+// and its code, when the read loop still finds one that the peer sent
+// before closing. Once Done is closed, Err no longer changes.
 func (s *Session) Err() error {
 	if p := s.err.Load(); p != nil {
 		return *p
