@@ -162,7 +162,15 @@ func TestErrorCodesMuxado(t *testing.T) {
 					GoAway(muxado.ErrorCode, []byte, time.Time) error
 				})
 				if err := ga.GoAway(code, []byte("test"), time.Now().Add(10*time.Second)); err != nil {
-					t.Fatal(err)
+					// muxado's GoAway waits for its writer's answer and for
+					// the session's end in one select. polymux, told to go
+					// away with a code, ends the session at once, so the
+					// select may pick the end although the frame went out
+					// (1 in 150 runs). Whether it went out is what polymux
+					// read, checked below; any other error is a failure.
+					if got, _ := muxado.GetError(err); got != muxado.SessionClosed {
+						t.Fatal(err)
+					}
 				}
 				_, err := pm.Read(make([]byte, 1))
 				checkPeerGoAway(t, "polymux Read after muxado's GoAway", err, code)
