@@ -37,6 +37,7 @@ type batch struct {
 	taken     []taken
 	settled   []*Stream // streams whose FIN is in the batch
 	frames    int
+	control   int // frames that are not DATA: session and control frames
 	dataBytes int
 	size      int   // bytes in the batch
 	err       error // an encode error: a bug, which ends the session
@@ -54,7 +55,7 @@ func (b *batch) reset() {
 	b.taken = b.taken[:0]
 	clear(b.settled)
 	b.settled = b.settled[:0]
-	b.frames, b.dataBytes, b.size = 0, 0, 0
+	b.frames, b.control, b.dataBytes, b.size = 0, 0, 0, 0
 }
 
 // release gives the arena back, for a writer about to stop, and lets go
