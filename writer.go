@@ -87,20 +87,8 @@ func (w *writer) run() { w.serve(nil) }
 // taken, then hands whatever is left to a writer goroutine. Bulk writes
 // then cost no goroutine hand-off, as on a plain socket.
 //
-// A writer goroutine is started by the first frame queued while none
-// runs, often a small one whose neighbours are a moment behind: on an rpc
-// server the handler's reply, and then the FIN of the handler before it,
-// which a goroutine still waiting to run is about to queue. So a writer
-// goroutine whose first batch carries less than coalesceBelow of data and
-// no control frame first lets the runnable goroutines go ahead, once, and
-// then tops the batch up. One connection write then carries both (rpc on
-// smux and muxado: about 2.8 -> 2 connection writes per call). A batch
-// with control frames never waits: a window update that waits stalls its
-// sender. Where every CPU is busy with goroutines that do not block, a
-// turn costs a round of their time slices and gains a frame or none: a
-// turn slower than coalesceSlow per frame gained stops the turns for
-// coalesceRest. Many callers make slow turns too, but each gains many
-// frames.
+// A writer goroutine's first batch may wait for its neighbours first
+// (coalesce).
 func (w *writer) serve(lender *Stream) {
 	s := w.s
 	first := lender == nil
@@ -122,14 +110,7 @@ func (w *writer) serve(lender *Stream) {
 		}
 		if first {
 			first = false
-			if now := s.now(); w.b.control == 0 && w.b.dataBytes < coalesceBelow && now >= w.restUntil {
-				had := w.b.frames
-				runtime.Gosched()
-				w.top()
-				if done := s.now(); done-now > int64(coalesceSlow)*int64(1+w.b.frames-had) {
-					w.restUntil = done + int64(coalesceRest)
-				}
-			}
+			w.coalesce()
 		}
 		if err := w.flush(); err != nil {
 			// The frames may be cut anywhere: nothing more can be
@@ -161,6 +142,37 @@ func (w *writer) stop(closeConn bool) {
 	q.finished, q.running = true, false
 	q.mu.Unlock()
 	close(w.s.writerDone)
+}
+
+// coalesce lets the runnable goroutines go ahead of a writer goroutine's
+// first batch, once, and then tops the batch up, when that pays.
+//
+// A writer goroutine is started by the first frame queued while none
+// runs, often a small one whose neighbours are a moment behind: on an rpc
+// server the handler's reply, and then the FIN of the handler before it,
+// which a goroutine still waiting to run is about to queue. So a writer
+// goroutine whose first batch carries less than coalesceBelow of data and
+// no control frame first lets the runnable goroutines go ahead, once, and
+// then tops the batch up. One connection write then carries both (rpc on
+// smux and muxado: about 2.8 -> 2 connection writes per call). A batch
+// with control frames never waits: a window update that waits stalls its
+// sender. Where every CPU is busy with goroutines that do not block, a
+// turn costs a round of their time slices and gains a frame or none: a
+// turn slower than coalesceSlow per frame gained stops the turns for
+// coalesceRest. Many callers make slow turns too, but each gains many
+// frames.
+func (w *writer) coalesce() {
+	s, b := w.s, &w.b
+	now := s.now()
+	if b.control > 0 || b.dataBytes >= coalesceBelow || now < w.restUntil {
+		return
+	}
+	had := b.frames
+	runtime.Gosched()
+	w.top()
+	if done := s.now(); done-now > int64(coalesceSlow)*int64(1+b.frames-had) {
+		w.restUntil = done + int64(coalesceRest)
+	}
 }
 
 // fill gathers the next batch and returns its number of frames.
