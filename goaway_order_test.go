@@ -77,7 +77,7 @@ func TestAGoAwayGoesOutBeforeDataWrittenAfterIt(t *testing.T) {
 				if next == nil {
 					break
 				}
-				next.popData(&w.b, s.frameMax)
+				next.popData(&w.b, s.frameMax, true)
 			}
 			if w.b.dataBytes != 0 {
 				t.Errorf("a batch whose session frames were taken before GoAway took %d bytes written after it", w.b.dataBytes)

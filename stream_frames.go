@@ -365,15 +365,22 @@ func (s *Stream) appendControl(b *batch) {
 
 // popData appends the stream's control frames, then one DATA frame of at
 // most max bytes, from its send buffer or else from a direct Write, then
-// its FIN once everything before it is in the batch. It reports whether
-// the stream has more data to send. Only the writer calls it.
-func (s *Stream) popData(b *batch, max int) (more bool) {
+// its FIN once everything before it is in the batch. Bytes from the send
+// buffer are taken only if copied is true: when it is false, a stream
+// that has such bytes adds nothing and popData reports false, which ends
+// the batch (see directBatchBytes). Only the writer calls it.
+func (s *Stream) popData(b *batch, max int, copied bool) (took bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.appendControl(b)
 	avail := 0
 	if s.err == nil {
 		avail = s.send.len() - int(s.inflight)
+	}
+	if avail > 0 && !copied {
+		return false
+	}
+	s.appendControl(b)
+	if s.err == nil {
 		if k := min(avail, max); k > 0 {
 			b.data(s, wire.Frame{Type: wire.TypeData, Stream: s.id, Length: uint32(k)}, &s.send, int(s.inflight))
 			s.inflight += int32(k)
@@ -393,9 +400,8 @@ func (s *Stream) popData(b *batch, max int) (more bool) {
 		b.frame(wire.Frame{Type: wire.TypeWindow, Flags: wire.FlagFIN, Stream: s.id})
 		b.settle(s)
 	}
-	more = avail > 0 || s.directReady()
-	s.sess.w.sched.served(s, more)
-	return more
+	s.sess.w.sched.served(s, avail > 0 || s.directReady())
+	return true
 }
 
 // owesData reports whether the stream has data or a FIN for the writer.
