@@ -9,17 +9,21 @@ import (
 )
 
 const (
-	// batchBytes bounds the DATA payload of one write to the connection,
-	// and so how long a control frame can wait behind data.
+	// batchBytes bounds the DATA payload of one write to the connection
+	// (of copied bytes; see directBatchBytes), and so how long a control
+	// frame can wait behind data.
 	batchBytes = 256 << 10
 	// directBatchBytes is that bound for the bytes of direct Writes
 	// (Writes of directMin or more, sent from the caller's slice) on a
-	// connection that takes vectored writes: a 1 MiB Write then goes out
-	// in one connection write instead of four, which moved one stream's
-	// 1 MiB writes from 0.62-0.73x to 0.86-0.94x raw TCP (in-package
-	// BenchmarkThroughput, default config). Copied bytes keep batchBytes,
+	// connection that takes vectored writes. A 1 MiB Write then goes out
+	// in one connection write instead of four. One stream's 1 MiB writes,
+	// in-package BenchmarkThroughput with the default config, 34
+	// interleaved pairs, against raw TCP: yamux 0.67 -> 0.80x, muxado
+	// 0.70 -> 0.83x, smux v2 0.81 -> 0.85x. Copied bytes keep batchBytes,
 	// so a batch of small Writes, which is what a latency-sensitive
-	// session sends, holds its control frames no longer than before.
+	// session sends, holds its control frames no longer than before. A
+	// connection without vectored writes (TLS) has its batch copied into
+	// one buffer, where the larger bound would only grow that buffer.
 	directBatchBytes = 1 << 20
 	// goAwayWait bounds how long an abrupt end (a protocol error, a
 	// failed write) spends on its GoAway.
