@@ -11,7 +11,9 @@ import (
 )
 
 // TestABatchTakesAMiBOfADirectWriteAndAQuarterOfCopies: on a connection
-// that takes vectored writes, one batch carries up to directBatchBytes of
+// that takes vectored writes, and that took the last 256 KiB write fast
+// enough (see TestOnlyAFastConnectionGetsMiBBatches), one batch carries
+// up to directBatchBytes of
 // a direct Write's bytes, so that a 1 MiB Write goes out in one connection
 // write, but no more than batchBytes of copied bytes, which small Writes
 // leave: control frames wait behind those no longer than before. On a
@@ -116,6 +118,17 @@ func testBatchBounds(t *testing.T, proto Protocol, vectored bool) {
 	if err := w.flush(); err != nil {
 		t.Fatal(err)
 	}
+	if vectored {
+		// A link slower than a MiB per quarter of WriteTimeout (10 s):
+		// the next batch keeps batchBytes.
+		w.enc.noteWrite(batchBytes, 2*time.Second)
+		w.b.reset()
+		w.top()
+		checkFill(t, "a direct Write's bytes after a slow write", w.b.dataBytes, batchBytes, cli.frameMax)
+		if err := w.flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	handBack()
 
 	readAll := func(st *Stream, want []byte) {
@@ -142,5 +155,37 @@ func checkFill(t *testing.T, what string, got, bound, frame int) {
 	t.Helper()
 	if got < bound || got >= bound+frame {
 		t.Errorf("a batch of %s carries %d bytes, want %d to %d", what, got, bound, bound+frame-1)
+	}
+}
+
+// TestOnlyAFastConnectionGetsMiBBatches: the encoder allows batches of
+// directBatchBytes only once a write of at least batchBytes went at a rate
+// that carries directBatchBytes within a quarter of WriteTimeout, and
+// takes that back after a slower one. Small writes say nothing: the
+// kernel's buffer takes them at once on any link.
+func TestOnlyAFastConnectionGetsMiBBatches(t *testing.T) {
+	e := &encoder{timeout: 10 * time.Second}
+	steps := []struct {
+		size int
+		took time.Duration
+		fast bool
+	}{
+		{100, 0, false}, // nothing known yet
+		{batchBytes, time.Millisecond, true},
+		{100, 5 * time.Second, true},                // a small write proves nothing
+		{batchBytes, 700 * time.Millisecond, false}, // 1 MiB would take 2.8 s > 2.5 s
+		{batchBytes, 600 * time.Millisecond, true},  // 2.4 s
+		{directBatchBytes, 3 * time.Second, false},
+	}
+	for i, st := range steps {
+		e.noteWrite(st.size, st.took)
+		if e.fast != st.fast {
+			t.Errorf("step %d: after %d bytes in %v, fast = %v, want %v", i, st.size, st.took, e.fast, st.fast)
+		}
+	}
+	off := &encoder{}
+	off.noteWrite(100, time.Hour)
+	if !off.fast {
+		t.Error("with no WriteTimeout, no write is too slow")
 	}
 }

@@ -123,6 +123,7 @@ type encoder struct {
 	conn     net.Conn
 	timeout  time.Duration // Config.WriteTimeout
 	vectored bool          // writev works on conn
+	fast     bool          // the connection takes directBatchBytes well within timeout (see noteWrite)
 	iov      net.Buffers
 	stage    []byte
 	now      func() int64 // the session's clock
@@ -145,7 +146,8 @@ func (e *encoder) init(conn net.Conn, timeout time.Duration, now func() int64) {
 // write puts the batch on the connection, and reports how many of its
 // bytes the connection took.
 func (e *encoder) write(b *batch) (int, error) {
-	e.armDeadline()
+	start := time.Now()
+	e.armDeadline(start)
 	var err error
 	var n int
 	if e.vectored {
@@ -171,8 +173,27 @@ func (e *encoder) write(b *batch) (int, error) {
 	}
 	if err == nil {
 		e.lastSend.Store(e.now())
+		e.noteWrite(b.size, time.Since(start))
 	}
 	return n, err
+}
+
+// noteWrite learns from a write of size bytes that took d whether a batch
+// may carry directBatchBytes: only once a write of at least batchBytes went
+// at a rate that would carry directBatchBytes within a quarter of
+// WriteTimeout. Until then, and after a write that went slower, batches
+// keep batchBytes, so a slow link (a 1 Mbit/s KCP tunnel, say) never gets
+// a write that WriteTimeout could end when 256 KiB would have passed. A
+// write also starts with at least half of WriteTimeout left (armDeadline).
+// Smaller writes say nothing: the kernel's buffer takes them at once on
+// any link.
+func (e *encoder) noteWrite(size int, d time.Duration) {
+	switch {
+	case e.timeout <= 0:
+		e.fast = true
+	case size >= batchBytes:
+		e.fast = int64(d)*directBatchBytes <= int64(e.timeout/4)*int64(size)
+	}
 }
 
 // armDeadline moves the connection's write deadline to WriteTimeout from
@@ -180,11 +201,10 @@ func (e *encoder) write(b *batch) (int, error) {
 // write stuck longer ends the session. While the read loop pauses by
 // choice (holdDeadline) there is none, and once the session ends none
 // lies past its end.
-func (e *encoder) armDeadline() {
+func (e *encoder) armDeadline(now time.Time) {
 	if e.timeout <= 0 {
 		return
 	}
-	now := time.Now()
 	e.dlMu.Lock()
 	defer e.dlMu.Unlock()
 	if e.held || now.Sub(e.lastDeadline) <= e.timeout/2 {

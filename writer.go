@@ -23,7 +23,9 @@ const (
 	// so a batch of small Writes, which is what a latency-sensitive
 	// session sends, holds its control frames no longer than before. A
 	// connection without vectored writes (TLS) has its batch copied into
-	// one buffer, where the larger bound would only grow that buffer.
+	// one buffer, where the larger bound would only grow that buffer. A
+	// connection too slow to take it well within WriteTimeout keeps
+	// batchBytes too (encoder.noteWrite).
 	directBatchBytes = 1 << 20
 	// goAwayWait bounds how long an abrupt end (a protocol error, a
 	// failed write) spends on its GoAway.
@@ -209,7 +211,7 @@ func (w *writer) top() int {
 	}
 	b.control += b.frames - before
 	limit := batchBytes
-	if w.enc.vectored {
+	if w.enc.vectored && w.enc.fast {
 		limit = directBatchBytes
 	}
 	for b.dataBytes < limit && b.room(5) {
