@@ -58,29 +58,8 @@ func testBatchBounds(t *testing.T, proto Protocol, vectored bool) {
 			return st.swin.Avail() >= 2<<20
 		})
 	}
-	q, w := &cli.w.sched, &cli.w
-	eventually(t, 5*time.Second, "the writer to park", func() bool {
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		if q.running {
-			return false
-		}
-		q.running = true // the test is the writer now
-		return true
-	})
-	handedBack := false
-	handBack := func() {
-		if handedBack {
-			return
-		}
-		handedBack = true
-		w.b.release()
-		q.mu.Lock()
-		q.running = false
-		q.kick()
-		q.mu.Unlock()
-	}
-	defer handBack()
+	w := &cli.w
+	handBack := takeWriterTurn(t, cli)
 
 	big := bytes.Repeat([]byte("0123456789abcdef"), (2<<20)/16) // direct: >= directMin
 	small := bytes.Repeat([]byte("fedcba9876543210"), (200<<10)/16)

@@ -2,7 +2,6 @@ package polymux
 
 import (
 	"testing"
-	"time"
 
 	"github.com/polymux/polymux/internal/wire"
 )
@@ -30,15 +29,7 @@ func TestAGoAwayGoesOutBeforeDataWrittenAfterIt(t *testing.T) {
 			}
 			p.expect("the first bytes", func(f wire.Frame) bool { return f.Type == wire.TypeData && f.Length > 0 })
 			q, w := &s.w.sched, &s.w
-			eventually(t, 5*time.Second, "the writer to park", func() bool {
-				q.mu.Lock()
-				defer q.mu.Unlock()
-				if q.running {
-					return false
-				}
-				q.running = true // the test is the writer now
-				return true
-			})
+			handBack := takeWriterTurn(t, s)
 
 			// The peer reads on: a pipe write waits for its reader.
 			type arrival struct {
@@ -87,11 +78,7 @@ func TestAGoAwayGoesOutBeforeDataWrittenAfterIt(t *testing.T) {
 					t.Error(err)
 				}
 			}
-			w.b.release()
-			q.mu.Lock()
-			q.running = false // the writer's turn is handed back
-			q.kick()
-			q.mu.Unlock()
+			handBack()
 
 			a := <-got
 			p.drain() // so that Close's own frames do not wait on the pipe

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -360,4 +361,35 @@ func fillUntilBlocked(t testing.TB, st *Stream) int {
 // drain reads and discards everything until the connection ends.
 func (p *rawPeer) drain() {
 	go io.Copy(io.Discard, p.conn)
+}
+
+// takeWriterTurn waits for s's writer to park and takes its turn: the test
+// is then the writer, and fills and flushes batches itself (w.b, w.top,
+// w.flush). The returned function hands the turn back, once, releasing the
+// batch and starting a writer for whatever is queued; it also runs at the
+// test's end.
+func takeWriterTurn(t *testing.T, s *Session) (handBack func()) {
+	t.Helper()
+	q, w := &s.w.sched, &s.w
+	eventually(t, 5*time.Second, "the writer to park", func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if q.running {
+			return false
+		}
+		q.running = true // the test is the writer now
+		return true
+	})
+	var once sync.Once
+	handBack = func() {
+		once.Do(func() {
+			w.b.release()
+			q.mu.Lock()
+			q.running = false
+			q.kick()
+			q.mu.Unlock()
+		})
+	}
+	t.Cleanup(handBack)
+	return handBack
 }
