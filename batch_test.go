@@ -100,7 +100,7 @@ func testBatchBounds(t *testing.T, proto Protocol, vectored bool) {
 	if vectored {
 		// A link slower than a MiB per quarter of WriteTimeout (10 s):
 		// the next batch keeps batchBytes.
-		w.enc.noteWrite(batchBytes, 2*time.Second)
+		w.enc.noteWrite(batchBytes, time.Now().Add(-2*time.Second))
 		w.b.reset()
 		w.top()
 		checkFill(t, "a direct Write's bytes after a slow write", w.b.dataBytes, batchBytes, cli.frameMax)
@@ -143,7 +143,8 @@ func checkFill(t *testing.T, what string, got, bound, frame int) {
 // takes that back after a slower one. Small writes say nothing: the
 // kernel's buffer takes them at once on any link.
 func TestOnlyAFastConnectionGetsMiBBatches(t *testing.T) {
-	e := &encoder{timeout: 10 * time.Second}
+	e := new(encoder)
+	e.init(nil, 10*time.Second, nil)
 	steps := []struct {
 		size int
 		took time.Duration
@@ -157,13 +158,14 @@ func TestOnlyAFastConnectionGetsMiBBatches(t *testing.T) {
 		{directBatchBytes, 3 * time.Second, false},
 	}
 	for i, st := range steps {
-		e.noteWrite(st.size, st.took)
+		e.noteWrite(st.size, time.Now().Add(-st.took))
 		if e.fast != st.fast {
 			t.Errorf("step %d: after %d bytes in %v, fast = %v, want %v", i, st.size, st.took, e.fast, st.fast)
 		}
 	}
-	off := &encoder{}
-	off.noteWrite(100, time.Hour)
+	off := new(encoder)
+	off.init(nil, 0, nil)
+	off.noteWrite(batchBytes, time.Now().Add(-time.Hour))
 	if !off.fast {
 		t.Error("with no WriteTimeout, no write is too slow")
 	}

@@ -137,6 +137,7 @@ type encoder struct {
 
 func (e *encoder) init(conn net.Conn, timeout time.Duration, now func() int64) {
 	e.conn, e.timeout, e.now = conn, timeout, now
+	e.fast = timeout <= 0 // with no WriteTimeout, no write is too slow
 	switch conn.(type) {
 	case *net.TCPConn, *net.UnixConn:
 		e.vectored = true
@@ -146,8 +147,11 @@ func (e *encoder) init(conn net.Conn, timeout time.Duration, now func() int64) {
 // write puts the batch on the connection, and reports how many of its
 // bytes the connection took.
 func (e *encoder) write(b *batch) (int, error) {
-	start := time.Now()
-	e.armDeadline(start)
+	var start time.Time
+	if e.timeout > 0 {
+		start = time.Now()
+		e.armDeadline(start)
+	}
 	var err error
 	var n int
 	if e.vectored {
@@ -173,25 +177,24 @@ func (e *encoder) write(b *batch) (int, error) {
 	}
 	if err == nil {
 		e.lastSend.Store(e.now())
-		e.noteWrite(b.size, time.Since(start))
+		e.noteWrite(b.size, start)
 	}
 	return n, err
 }
 
-// noteWrite learns from a write of size bytes that took d whether a batch
-// may carry directBatchBytes: only once a write of at least batchBytes went
-// at a rate that would carry directBatchBytes within a quarter of
-// WriteTimeout. Until then, and after a write that went slower, batches
+// noteWrite learns from a write of size bytes that began at start whether
+// a batch may carry directBatchBytes: only once a write of at least
+// batchBytes went at a rate that would carry directBatchBytes within a
+// quarter of WriteTimeout. Until then, and after a write that went slower, batches
 // keep batchBytes, so a slow link (a 1 Mbit/s KCP tunnel, say) never gets
 // a write that WriteTimeout could end when 256 KiB would have passed. A
 // write also starts with at least half of WriteTimeout left (armDeadline).
 // Smaller writes say nothing: the kernel's buffer takes them at once on
-// any link.
-func (e *encoder) noteWrite(size int, d time.Duration) {
-	switch {
-	case e.timeout <= 0:
-		e.fast = true
-	case size >= batchBytes:
+// any link, and cost no clock read. With no WriteTimeout there is nothing
+// to learn (init).
+func (e *encoder) noteWrite(size int, start time.Time) {
+	if e.timeout > 0 && size >= batchBytes {
+		d := time.Since(start)
 		e.fast = int64(d)*directBatchBytes <= int64(e.timeout/4)*int64(size)
 	}
 }
@@ -200,11 +203,8 @@ func (e *encoder) noteWrite(size int, d time.Duration) {
 // now, once half of it has passed since it was last moved, so that one
 // write stuck longer ends the session. While the read loop pauses by
 // choice (holdDeadline) there is none, and once the session ends none
-// lies past its end.
+// lies past its end. Only a write with a WriteTimeout calls it.
 func (e *encoder) armDeadline(now time.Time) {
-	if e.timeout <= 0 {
-		return
-	}
 	e.dlMu.Lock()
 	defer e.dlMu.Unlock()
 	if e.held || now.Sub(e.lastDeadline) <= e.timeout/2 {
