@@ -20,7 +20,10 @@ var benchWrites = []int{32 << 10, 1 << 20}
 
 // BenchmarkThroughput moves b.N writes over TCP loopback, on raw TCP
 // connections (one per stream) and on polymux streams of one session in
-// every protocol, in the same run so they can be compared as ratios.
+// every protocol, in the same run so they can be compared as ratios. With
+// several streams, tcp1conn moves the same bytes over one raw connection
+// in 1 MiB writes, with no framing: what one connection carries here, the
+// ceiling for a multiplexer's ratio to N connections.
 func BenchmarkThroughput(b *testing.B) {
 	for _, streams := range []int{1, 16} {
 		for _, size := range benchWrites {
@@ -38,6 +41,26 @@ func BenchmarkThroughput(b *testing.B) {
 					}
 				})
 			})
+			if streams > 1 {
+				// One connection, in writes of the largest batch polymux
+				// makes.
+				b.Run(name+"/tcp1conn", func(b *testing.B) {
+					c1, c2 := loopback.MustTCPPair(b)
+					b.SetBytes(int64(size))
+					b.ReportAllocs()
+					pair := [][2]net.Conn{{c1, c2}}
+					total := b.N * size
+					move(pair, 4, directBatchBytes)
+					b.ResetTimer()
+					move(pair, total/directBatchBytes, directBatchBytes)
+					if rest := total % directBatchBytes; rest > 0 {
+						move(pair, 1, rest)
+					}
+					b.StopTimer()
+					c1.Close()
+					c2.Close()
+				})
+			}
 			for _, proto := range protocols {
 				b.Run(name+"/"+proto.String(), func(b *testing.B) {
 					c1, c2 := loopback.MustTCPPair(b)
