@@ -12,15 +12,15 @@ import (
 
 // TestABatchTakesAMiBOfADirectWriteAndAQuarterOfCopies: on a connection
 // that takes vectored writes, and that took the last 256 KiB write fast
-// enough (see TestOnlyAFastConnectionGetsMiBBatches), one batch carries
-// up to directBatchBytes of
-// a direct Write's bytes, so that a 1 MiB Write goes out in one connection
-// write, but no more than batchBytes of copied bytes, which small Writes
-// leave: control frames wait behind those no longer than before. On a
-// connection whose batches are staged in one buffer (net.Pipe here, TLS in
-// use), direct bytes keep batchBytes too. The test holds the writer's
-// turn, as the writer, and fills batches itself; then it hands the turn
-// back, and every byte must arrive intact.
+// enough (see TestOnlyAFastConnectionGetsMiBBatches; here the first batch
+// of copied bytes, over loopback, proves that), one batch carries up to
+// directBatchBytes of a direct Write's bytes, so that a 1 MiB Write goes
+// out in one connection write, but no more than batchBytes of copied
+// bytes, which small Writes leave: control frames wait behind those no
+// longer than before. On a connection whose batches are staged in one
+// buffer (net.Pipe here, TLS in use), direct bytes keep batchBytes too.
+// The test holds the writer's turn, as the writer, and fills batches
+// itself; then it hands the turn back, and every byte must arrive intact.
 func TestABatchTakesAMiBOfADirectWriteAndAQuarterOfCopies(t *testing.T) {
 	for _, proto := range []Protocol{Yamux, SmuxV2, MuxadoV2} {
 		for _, vectored := range []bool{true, false} {

@@ -185,13 +185,13 @@ func (e *encoder) write(b *batch) (int, error) {
 // noteWrite learns from a write of size bytes that began at start whether
 // a batch may carry directBatchBytes: only once a write of at least
 // batchBytes went at a rate that would carry directBatchBytes within a
-// quarter of WriteTimeout. Until then, and after a write that went slower, batches
-// keep batchBytes, so a slow link (a 1 Mbit/s KCP tunnel, say) never gets
-// a write that WriteTimeout could end when 256 KiB would have passed. A
-// write also starts with at least half of WriteTimeout left (armDeadline).
-// Smaller writes say nothing: the kernel's buffer takes them at once on
-// any link, and cost no clock read. With no WriteTimeout there is nothing
-// to learn (init).
+// quarter of WriteTimeout. Until then, and after a write that went
+// slower, batches keep batchBytes, so a slow link (a 1 Mbit/s KCP tunnel,
+// say) never gets a write that WriteTimeout could end when 256 KiB would
+// have passed. A write also starts with at least half of WriteTimeout
+// left (armDeadline). Smaller writes say nothing: the kernel's buffer
+// takes them at once on any link, and cost no clock read. With no
+// WriteTimeout there is nothing to learn (init).
 func (e *encoder) noteWrite(size int, start time.Time) {
 	if e.timeout > 0 && size >= batchBytes {
 		d := time.Since(start)
